@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the real peers ringbit's tests run against (Debian packages).
+# Idempotent: does nothing when every package is already installed.
+set -euo pipefail
+PACKAGES=(python3-libtorrent transmission-cli transmission-daemon aria2 opentracker mktorrent)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing test peers: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

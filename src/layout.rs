@@ -1,0 +1,3 @@
+//! Piece <-> file spans.
+//!
+//! Layer: pure core.

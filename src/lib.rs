@@ -1,0 +1,39 @@
+//! # ringbit
+//!
+//! A BitTorrent seeder/leecher for Linux servers: one shard thread per core, each
+//! running its own io_uring runtime for socket and file I/O; torrents live on the
+//! shard chosen from their info hash.
+//!
+//! ## Layers
+//!
+//! Dependencies point down only: `cli -> session -> shard -> net/storage -> core`.
+//!
+//! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
+//!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
+//!   [`layout`], [`wire`], [`peer`], [`picker`], [`tracker`], [`resume`].
+//! * **CPU work**: [`hash`] (batch SHA1 over every core).
+//! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
+//!   [`storage`], [`net`], [`shard`], [`session`].
+//! * **Edge**: [`cli`] turns arguments into [`config::Config`] and runs a command.
+//!
+//! Every `tokio_uring` import lives under `src/shard`, `src/net` or `src/storage`.
+
+pub mod bencode;
+pub mod bitfield;
+pub mod cli;
+pub mod config;
+pub mod create;
+pub mod hash;
+pub mod layout;
+pub mod magnet;
+pub mod metainfo;
+pub mod net;
+pub mod peer;
+pub mod picker;
+pub mod resume;
+pub mod session;
+pub mod shard;
+pub mod storage;
+pub mod torrent;
+pub mod tracker;
+pub mod wire;

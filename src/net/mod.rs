@@ -1,0 +1,3 @@
+//! Network drivers: peer connections, the listener, tracker transports.
+//!
+//! Layer: driver.

@@ -1,0 +1,3 @@
+//! Per-peer protocol state machine.
+//!
+//! Layer: pure core.

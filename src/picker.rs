@@ -1,0 +1,3 @@
+//! Piece picker.
+//!
+//! Layer: pure core.

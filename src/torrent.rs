@@ -1,0 +1,3 @@
+//! Per-torrent core: owns the picker, peers' protocol state and verified pieces.
+//!
+//! Layer: pure core.

@@ -1,0 +1,2 @@
+//! Foundation: `create` and `info` against mktorrent, libtorrent and
+//! transmission-create; hostile .torrent files.

@@ -1,0 +1,10 @@
+//! ringbit's integration tests: one test binary that runs the real `ringbit`
+//! binary and real peers (libtorrent, transmission, aria2, opentracker,
+//! mktorrent) on 127.0.0.1 with ephemeral ports.
+//!
+//! The peers are installed by `scripts/test.sh`; a missing peer fails the test
+//! with a message naming the package, it never skips.
+
+mod helpers;
+
+mod foundation;
