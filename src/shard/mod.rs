@@ -1,3 +1,207 @@
 //! Shards: one pinned thread per core, each running its own io_uring runtime.
 //!
-//! Layer: driver.
+//! Layer: driver. A torrent lives on exactly one shard,
+//! [`InfoHash::shard`](crate::metainfo::InfoHash::shard)`(shard_count)`; shards
+//! share no locks on the data path and hear from the rest of the process only
+//! through their bounded command channel ([`SHARD_COMMAND_QUEUE`]).
+//!
+//! Invariants:
+//! * every shard thread runs exactly one `tokio_uring` runtime for its whole
+//!   life, so everything spawned on it is `!Send` and single-threaded;
+//! * a shard thread never blocks on anything but its own ring;
+//! * [`ShardSet::shutdown`] returns only after every shard thread has exited.
+
+pub mod bufpool;
+pub mod probe;
+
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands queued to one shard before senders wait: back-pressure on
+/// whoever floods a shard (listener, trackers, control plane).
+pub const SHARD_COMMAND_QUEUE: usize = 4096;
+
+/// What one shard reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Index of this shard, `0..shard_count`.
+    pub index: usize,
+    /// The core the thread is pinned to, when pinning succeeded.
+    pub core: Option<usize>,
+}
+
+/// A message to a shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Report [`ShardInfo`].
+    Info(oneshot::Sender<ShardInfo>),
+    /// Stop: finish the command loop and return from the runtime.
+    Shutdown,
+}
+
+/// Why the shards could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Uring(#[from] probe::UringUnavailable),
+    #[error("cannot spawn shard thread {index}: {source}")]
+    Spawn { index: usize, source: std::io::Error },
+    #[error("shard {index} failed to start its io_uring runtime: {source}")]
+    Runtime { index: usize, source: std::io::Error },
+    #[error("shard {index} has stopped")]
+    Stopped { index: usize },
+}
+
+/// A running shard: its command channel and thread.
+struct Shard {
+    commands: mpsc::Sender<ShardCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// All shards of the process.
+pub struct ShardSet {
+    shards: Vec<Shard>,
+}
+
+impl ShardSet {
+    /// Probes io_uring, then starts `count` shard threads (at least one), shard
+    /// `i` pinned to core `i % cores` when `pin` is set.
+    pub fn start(count: usize, pin: bool) -> Result<ShardSet, ShardError> {
+        probe::probe_io_uring()?;
+        let count = count.max(1);
+        let cores =
+            if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let mut shards = Vec::with_capacity(count);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
+        for index in 0..count {
+            let (commands, receiver) = mpsc::channel(SHARD_COMMAND_QUEUE);
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringbit-shard-{index}"))
+                .spawn(move || shard_thread(index, core, receiver, ready))
+                .map_err(|source| ShardError::Spawn { index, source })?;
+            shards.push(Shard { commands, thread: Some(thread) });
+        }
+        drop(ready_tx);
+        let mut set = ShardSet { shards };
+        for _ in 0..count {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(source))) => {
+                    set.shutdown();
+                    return Err(ShardError::Runtime { index, source });
+                }
+                Err(_) => {
+                    set.shutdown();
+                    return Err(ShardError::Stopped { index: 0 });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Number of shards.
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Always false: a set has at least one shard.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// Sends a command to shard `index`, waiting while its queue is full.
+    /// Must not be called from a shard thread (it would block that shard).
+    pub fn send_blocking(&self, index: usize, command: ShardCommand) -> Result<(), ShardError> {
+        self.shards[index]
+            .commands
+            .blocking_send(command)
+            .map_err(|_| ShardError::Stopped { index })
+    }
+
+    /// A sender for shard `index`, for async callers (trackers, listener).
+    pub fn sender(&self, index: usize) -> mpsc::Sender<ShardCommand> {
+        self.shards[index].commands.clone()
+    }
+
+    /// Asks every shard for its [`ShardInfo`].
+    pub fn info(&self) -> Result<Vec<ShardInfo>, ShardError> {
+        (0..self.len())
+            .map(|index| {
+                let (tx, rx) = oneshot::channel();
+                self.send_blocking(index, ShardCommand::Info(tx))?;
+                rx.blocking_recv().map_err(|_| ShardError::Stopped { index })
+            })
+            .collect()
+    }
+
+    /// Stops every shard and joins its thread.
+    pub fn shutdown(&mut self) {
+        for shard in &self.shards {
+            let _ = shard.commands.try_send(ShardCommand::Shutdown);
+        }
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for ShardSet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn shard_thread(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    mut commands: mpsc::Receiver<ShardCommand>,
+    ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
+) {
+    let pinned = core.filter(|&c| core_affinity::set_for_current(c)).map(|c| c.id);
+    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send((index, Err(error)));
+            return;
+        }
+    };
+    let _ = ready.send((index, Ok(())));
+    drop(ready);
+    runtime.block_on(async move {
+        let info = ShardInfo { index, core: pinned };
+        while let Some(command) = commands.recv().await {
+            match command {
+                ShardCommand::Info(reply) => {
+                    let _ = reply.send(info.clone());
+                }
+                ShardCommand::Shutdown => break,
+            }
+        }
+    });
+    tracing::debug!(shard = index, "shard stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_start_report_and_stop() {
+        let mut set = ShardSet::start(3, true).unwrap();
+        let info = set.info().unwrap();
+        assert_eq!(info.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let cores = core_affinity::get_core_ids().unwrap_or_default().len();
+        if cores > 0 {
+            assert_eq!(info[2].core, Some(2 % cores));
+        }
+        set.shutdown();
+        assert!(matches!(
+            set.send_blocking(0, ShardCommand::Shutdown),
+            Err(ShardError::Stopped { .. })
+        ));
+    }
+}
