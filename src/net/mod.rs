@@ -1,3 +1,5 @@
 //! Network drivers: peer connections, the listener, tracker transports.
 //!
-//! Layer: driver.
+//! Layer: driver. Only `peer_io` touches io_uring sockets.
+
+pub mod peer_io;

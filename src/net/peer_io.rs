@@ -1,0 +1,111 @@
+//! Socket operations for peer connections on a shard's io_uring runtime.
+//!
+//! Layer: driver. The only place peer sockets are read or written. Buffers are
+//! owned: each call hands a `Vec<u8>` to the kernel and always gives it back,
+//! so the caller can return it to its shard's pool.
+//!
+//! Reads go into the *spare capacity* of the caller's buffer, after the bytes
+//! not yet parsed, so one large read can carry many messages and a message cut
+//! by a read boundary needs no copy until the buffer is compacted.
+//!
+//! Never wrap a read in a timeout on a connection that is kept: tokio-uring
+//! leaves the read in flight when the timeout future is dropped, and it then
+//! swallows the next bytes. To stop a stuck read, shut the socket down.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// A peer socket on this shard.
+pub type PeerStream = TcpStream;
+
+/// Connects to `addr`, giving up after `timeout`. A timed-out connect is
+/// dropped before any byte is exchanged, so no read is left behind.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<PeerStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// Adopts a connected std socket (from the listener) into this shard's ring.
+pub fn adopt(stream: std::net::TcpStream) -> io::Result<PeerStream> {
+    stream.set_nodelay(true)?;
+    Ok(TcpStream::from_std(stream))
+}
+
+/// Reads once into the spare capacity of `buf` (its length grows by the bytes
+/// read). Returns 0 at end of stream. `buf` must have spare capacity.
+pub async fn read_into_spare(stream: &PeerStream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    debug_assert!(buf.len() < buf.capacity(), "read needs spare capacity");
+    let start = buf.len();
+    let end = buf.capacity();
+    let (result, slice) = stream.read(buf.slice(start..end)).await;
+    (result, slice.into_inner())
+}
+
+/// Writes all of `buf`.
+pub async fn write_all(stream: &PeerStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    if buf.is_empty() {
+        return (Ok(()), buf);
+    }
+    stream.write_all(buf).await
+}
+
+/// Shuts both directions down: a read in flight returns 0, so the reader task
+/// ends without a timeout on the read itself.
+pub fn shutdown(stream: &PeerStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn reads_append_after_unparsed_bytes_and_shutdown_ends_a_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"hello").unwrap();
+            s.write_all(b" world").unwrap();
+            let mut got = [0u8; 4];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"pong");
+            // Keep the socket open: the client ends its read by shutdown.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        tokio_uring::start(async move {
+            let stream = connect(addr, Duration::from_secs(5)).await.unwrap();
+            let mut buf = Vec::with_capacity(64);
+            while buf.len() < 11 {
+                let (n, b) = read_into_spare(&stream, buf).await;
+                assert!(n.unwrap() > 0);
+                buf = b;
+            }
+            assert_eq!(&buf, b"hello world");
+            let (r, _) = write_all(&stream, b"pong".to_vec()).await;
+            r.unwrap();
+            let stream = std::rc::Rc::new(stream);
+            let reader = stream.clone();
+            let pending = tokio_uring::spawn(async move {
+                let (n, _) = read_into_spare(&reader, Vec::with_capacity(16)).await;
+                n
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            shutdown(&stream);
+            let n = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap();
+            assert_eq!(n.unwrap(), 0, "shutdown ends the read with end of stream");
+        });
+        server.join().unwrap();
+    }
+}
