@@ -857,6 +857,16 @@ impl Peer {
         wire::piece_header(request.piece, request.begin, request.length)
     }
 
+    /// Queues a whole `piece` message carrying `data` for `request` behind
+    /// the bytes already queued (the simple path when the block was read into
+    /// a separate buffer). Counts the upload like [`Peer::upload_header`].
+    pub fn send_block(&mut self, request: BlockRequest, data: &[u8], now: Instant) {
+        debug_assert_eq!(data.len(), request.length as usize);
+        let header = self.upload_header(request, now);
+        self.out.extend_from_slice(&header);
+        self.out.extend_from_slice(data);
+    }
+
     // ---- state ------------------------------------------------------------
 
     /// Handshakes exchanged.

@@ -63,13 +63,9 @@ pub const MAX_REQUESTS_PER_PEER_LIMIT: usize = 4096;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct PeerKey(pub u64);
 
-/// One block to request, exactly the fields of a wire `request`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct BlockRequest {
-    pub piece: u32,
-    pub begin: u32,
-    pub length: u32,
-}
+/// One block to request: the wire codec's type, so requests pass between
+/// the picker and the peer state machine unchanged.
+pub use crate::wire::BlockRequest;
 
 /// Picker limits, from [`crate::config`] in the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,3 +1,0 @@
-//! Per-torrent core: owns the picker, peers' protocol state and verified pieces.
-//!
-//! Layer: pure core.

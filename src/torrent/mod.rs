@@ -1,0 +1,736 @@
+//! Per-torrent core: ties every connection's protocol state ([`Peer`]) to the
+//! piece picker, the pieces we have, the piece buffers being filled and the
+//! upload queue.
+//!
+//! Layer: pure core (sans-IO). The shard driver feeds it bytes, `now` and the
+//! results of the work it asked for (hashing, disk writes, disk reads), and
+//! carries out the [`Action`]s it polls. It never touches a socket, a file or
+//! the clock, so a whole swarm of cores can be linked in memory and run on
+//! virtual time (see the tests).
+//!
+//! ```text
+//!            on_data / tick / connected / closed
+//!   driver ─────────────────────────────────────────> TorrentCore
+//!          <───────────── poll_action ───────────────   │  Peer (per connection)
+//!   HashPiece ─> hash pool ─> piece_hashed ──────────>  │  Picker
+//!   WritePiece ─> storage ──> piece_written ─────────>  │  have: Bitfield
+//!   ReadBlock ──> storage ──> block_read ────────────>  │  piece buffers
+//!          <───────────── take_outgoing(conn) ────────
+//! ```
+//!
+//! Anatomy of a block fetch: `pick_blocks` reserves blocks for a peer ->
+//! `Peer::request` queues `request` messages -> the driver sends them -> a
+//! `piece` message arrives in `on_data` -> `Peer` matches it to an outstanding
+//! request ([`Event::Block`]) -> the picker accepts it -> its bytes are copied
+//! into the piece's buffer -> the last block makes the piece complete ->
+//! [`Action::HashPiece`] -> pass: [`Action::WritePiece`] -> written: the piece
+//! is had, `have` goes to every peer. A piece that fails its hash is discarded
+//! and re-requested; each peer that sent one of its blocks gets a strike and is
+//! banned at [`MAX_BAD_PIECES_PER_PEER`].
+//!
+//! Invariants:
+//! * a piece is in `have` only after it hashed correctly *and* was written;
+//! * a piece buffer exists only for a piece with received blocks that is not
+//!   yet handed to the driver; at most [`MAX_PIECE_BUFFERS`] exist at once;
+//! * every connection in `conns` with a completed handshake is known to the
+//!   picker under its unique [`PeerKey`];
+//! * reads for uploads in flight per connection stay below
+//!   [`MAX_UPLOAD_READS_IN_FLIGHT`], and none starts while the outgoing buffer
+//!   holds [`UPLOAD_BUFFER_HIGH_WATER`] bytes or more (back-pressure on slow
+//!   readers instead of memory growth).
+
+use crate::bitfield::Bitfield;
+use crate::metainfo::InfoHash;
+use crate::peer::{Event, Peer, PeerConfig, PeerSetup, Violation};
+use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError};
+use crate::wire::{BlockRequest, Handshake, PeerId};
+use slab::Slab;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Identifies a connection to the driver (a slab slot, reused after close).
+pub type ConnId = usize;
+
+/// A peer that sent data for this many pieces that failed their hash is banned.
+pub const MAX_BAD_PIECES_PER_PEER: u32 = 2;
+
+/// Most piece buffers (complete or being filled) held at once; past it no new
+/// piece is started until one is written. Bounds memory per torrent.
+pub const MAX_PIECE_BUFFERS: usize = 512;
+
+/// Disk reads for one peer's uploads in flight at most.
+pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 16;
+
+/// No new upload read starts while this many bytes wait to be sent to a peer.
+pub const UPLOAD_BUFFER_HIGH_WATER: usize = 1024 * 1024;
+
+/// Most actions queued before the driver polls them (programmer error if
+/// exceeded: the driver drains after every call).
+pub const MAX_QUEUED_ACTIONS: usize = 1 << 16;
+
+/// What the torrent is.
+#[derive(Clone, Debug)]
+pub struct TorrentParams {
+    pub info_hash: InfoHash,
+    pub piece_length: u32,
+    pub total_length: u64,
+    /// Expected SHA1 of every piece.
+    pub piece_hashes: Vec<[u8; 20]>,
+    pub our_peer_id: PeerId,
+    pub listen_port: Option<u16>,
+    /// The info dictionary's size, advertised as `metadata_size`.
+    pub metadata_size: Option<u64>,
+}
+
+/// Limits and policy of one torrent.
+#[derive(Clone, Debug)]
+pub struct TorrentConfig {
+    pub peer: PeerConfig,
+    pub picker: PickerConfig,
+    /// Connections at once at most.
+    pub max_connections: usize,
+    /// Peers we unchoke at once.
+    pub upload_slots: usize,
+    /// Seed for the picker's random tie-breaks.
+    pub seed: u64,
+}
+
+impl Default for TorrentConfig {
+    fn default() -> TorrentConfig {
+        TorrentConfig {
+            peer: PeerConfig::default(),
+            picker: PickerConfig::default(),
+            max_connections: 80,
+            upload_slots: 8,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Work for the driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Hash the complete piece and call [`TorrentCore::piece_hashed`] with
+    /// the buffer.
+    HashPiece { piece: u32, data: Vec<u8>, expected: [u8; 20] },
+    /// Write the verified piece and call [`TorrentCore::piece_written`].
+    WritePiece { piece: u32, data: Vec<u8> },
+    /// Read a block we have for an upload and call [`TorrentCore::block_read`].
+    ReadBlock { conn: ConnId, request: BlockRequest },
+    /// Close the connection (the core has already forgotten it).
+    Disconnect { conn: ConnId, reason: String, ban: bool },
+    /// Every wanted piece is verified and written.
+    Completed,
+}
+
+/// Why the core refused a call.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TorrentError {
+    #[error("torrent shape rejected by the picker: {0}")]
+    Picker(#[from] PickerError),
+    #[error("{0} piece hashes for {1} pieces")]
+    PieceCount(usize, u32),
+    #[error("connection limit of {0} reached")]
+    TooManyConnections(usize),
+    #[error("peer {0} is banned")]
+    Banned(SocketAddr),
+}
+
+struct Conn {
+    key: PeerKey,
+    addr: SocketAddr,
+    peer: Peer,
+    /// Known to the picker (handshake done).
+    joined: bool,
+    upload_reads: usize,
+}
+
+/// Transfer counters of the torrent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TorrentStats {
+    /// Verified piece bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Block bytes uploaded.
+    pub uploaded_bytes: u64,
+    /// Bytes of pieces that failed their hash.
+    pub failed_bytes: u64,
+    pub pieces_failed: u64,
+    pub connections: usize,
+}
+
+/// The core of one torrent. See the module docs.
+pub struct TorrentCore {
+    params: TorrentParams,
+    config: TorrentConfig,
+    piece_count: u32,
+    have: Bitfield,
+    picker: Picker,
+    conns: Slab<Conn>,
+    next_key: u64,
+    keys: HashMap<PeerKey, ConnId>,
+    /// Data of pieces being received.
+    buffers: HashMap<u32, Vec<u8>>,
+    /// Pieces with the driver (hashing or writing): buffers counted apart.
+    in_flight: HashSet<u32>,
+    /// Spare piece buffers for reuse.
+    spare_buffers: Vec<Vec<u8>>,
+    strikes: HashMap<SocketAddr, u32>,
+    banned: HashSet<std::net::IpAddr>,
+    actions: VecDeque<Action>,
+    completed_reported: bool,
+    stats: TorrentStats,
+    scratch_requests: Vec<crate::picker::BlockRequest>,
+    scratch_keys: Vec<PeerKey>,
+}
+
+impl TorrentCore {
+    /// A core that has the pieces in `have` and wants those in `wanted`.
+    pub fn new(
+        params: TorrentParams,
+        config: TorrentConfig,
+        have: Bitfield,
+        wanted: &Bitfield,
+    ) -> Result<TorrentCore, TorrentError> {
+        let picker = Picker::new(
+            config.picker.clone(),
+            params.piece_length,
+            params.total_length,
+            &have,
+            wanted,
+            config.seed,
+        )?;
+        let piece_count = picker.piece_count();
+        if params.piece_hashes.len() != piece_count as usize {
+            return Err(TorrentError::PieceCount(params.piece_hashes.len(), piece_count));
+        }
+        let mut core = TorrentCore {
+            params,
+            config,
+            piece_count,
+            have,
+            picker,
+            conns: Slab::new(),
+            next_key: 1,
+            keys: HashMap::new(),
+            buffers: HashMap::new(),
+            in_flight: HashSet::new(),
+            spare_buffers: Vec::new(),
+            strikes: HashMap::new(),
+            banned: HashSet::new(),
+            actions: VecDeque::new(),
+            completed_reported: false,
+            stats: TorrentStats::default(),
+            scratch_requests: Vec::new(),
+            scratch_keys: Vec::new(),
+        };
+        core.check_completed();
+        Ok(core)
+    }
+
+    // ---- queries ----------------------------------------------------------
+
+    pub fn info_hash(&self) -> InfoHash {
+        self.params.info_hash
+    }
+
+    /// Pieces verified and written.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Every wanted piece is had.
+    pub fn is_finished(&self) -> bool {
+        self.picker.is_finished()
+    }
+
+    /// Bytes of wanted pieces still missing (for trackers' `left`).
+    pub fn left_bytes(&self) -> u64 {
+        (0..self.piece_count)
+            .filter(|&p| self.picker.wanted(p) && !self.have.get(p))
+            .map(|p| self.picker.piece_size(p) as u64)
+            .sum()
+    }
+
+    pub fn stats(&self) -> TorrentStats {
+        TorrentStats { connections: self.conns.len(), ..self.stats }
+    }
+
+    /// Connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The peer addresses connected now.
+    pub fn connected_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.conns.iter().map(|(_, c)| c.addr)
+    }
+
+    /// Whether a new connection to `addr` may be opened.
+    pub fn wants_connection(&self, addr: SocketAddr) -> bool {
+        self.conns.len() < self.config.max_connections
+            && !self.banned.contains(&addr.ip())
+            && !self.conns.iter().any(|(_, c)| c.addr == addr)
+    }
+
+    /// Download and upload rate of every connection (bytes/s), summed.
+    pub fn rates(&self) -> (u64, u64) {
+        self.conns
+            .iter()
+            .fold((0, 0), |(d, u), (_, c)| (d + c.peer.download_rate(), u + c.peer.upload_rate()))
+    }
+
+    fn peer_setup(&self, addr: SocketAddr) -> PeerSetup {
+        PeerSetup {
+            info_hash: self.params.info_hash,
+            our_peer_id: self.params.our_peer_id,
+            piece_count: self.piece_count,
+            piece_length: self.params.piece_length,
+            total_length: self.params.total_length,
+            listen_port: self.params.listen_port,
+            peer_ip: Some(addr.ip()),
+            metadata_size: self.params.metadata_size,
+        }
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    /// We opened a connection to `addr`; our handshake is queued.
+    pub fn connected(&mut self, addr: SocketAddr, now: Instant) -> Result<ConnId, TorrentError> {
+        self.admit(addr)?;
+        let peer = Peer::outgoing(self.config.peer.clone(), self.peer_setup(addr), now);
+        Ok(self.insert(addr, peer))
+    }
+
+    /// The listener accepted `addr` and read its `handshake`; ours is queued.
+    pub fn accepted(
+        &mut self,
+        addr: SocketAddr,
+        handshake: Handshake,
+        now: Instant,
+    ) -> Result<ConnId, TorrentError> {
+        self.admit(addr)?;
+        let setup = self.peer_setup(addr);
+        let conn = match Peer::incoming(self.config.peer.clone(), setup.clone(), handshake, now) {
+            Ok(peer) => self.insert(addr, peer),
+            Err(violation) => {
+                // Keep the slot long enough to report the disconnect the
+                // driver expects for every ConnId it was given.
+                let peer = Peer::outgoing(self.config.peer.clone(), setup, now);
+                let conn = self.insert(addr, peer);
+                self.drop_conn(conn, violation.to_string(), false);
+                return Ok(conn);
+            }
+        };
+        self.process_events(conn, &[], now);
+        Ok(conn)
+    }
+
+    fn admit(&self, addr: SocketAddr) -> Result<(), TorrentError> {
+        if self.banned.contains(&addr.ip()) {
+            return Err(TorrentError::Banned(addr));
+        }
+        if self.conns.len() >= self.config.max_connections {
+            return Err(TorrentError::TooManyConnections(self.config.max_connections));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, addr: SocketAddr, peer: Peer) -> ConnId {
+        let key = PeerKey(self.next_key);
+        self.next_key += 1;
+        let conn = self.conns.insert(Conn { key, addr, peer, joined: false, upload_reads: 0 });
+        self.keys.insert(key, conn);
+        conn
+    }
+
+    /// The driver saw the connection close (EOF, error): forget it.
+    pub fn closed(&mut self, conn: ConnId) {
+        self.forget(conn);
+    }
+
+    fn forget(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.try_remove(conn)?;
+        self.keys.remove(&c.key);
+        if c.joined {
+            // The picker releases the peer's reservations and availability.
+            let _ = self.picker.remove_peer(c.key);
+        }
+        Some(c)
+    }
+
+    fn drop_conn(&mut self, conn: ConnId, reason: String, ban: bool) {
+        if let Some(c) = self.forget(conn) {
+            if ban {
+                self.banned.insert(c.addr.ip());
+            }
+            self.push(Action::Disconnect { conn, reason, ban });
+        }
+    }
+
+    // ---- input ------------------------------------------------------------
+
+    /// Bytes arrived on `conn`. Returns how many were consumed; the caller
+    /// keeps the rest and offers them again with more appended. A protocol
+    /// violation queues [`Action::Disconnect`] and returns the whole length.
+    pub fn on_data(&mut self, conn: ConnId, buf: &[u8], now: Instant) -> usize {
+        let mut consumed = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(conn) else { return buf.len() };
+            let result = c.peer.handle_bytes(&buf[consumed..], now);
+            match result {
+                Ok(n) => {
+                    let base = consumed;
+                    consumed += n;
+                    self.process_events(conn, &buf[base..], now);
+                    if n == 0 || consumed == buf.len() {
+                        break;
+                    }
+                }
+                Err(violation) => {
+                    // Events queued before the violation are still processed
+                    // (a verified block is not thrown away), then the peer goes.
+                    self.process_events(conn, &buf[consumed..], now);
+                    self.drop_conn(conn, violation.to_string(), is_hostile(&violation));
+                    return buf.len();
+                }
+            }
+        }
+        if self.conns.contains(conn) {
+            self.fill_requests(conn, now);
+            self.start_uploads(conn, now);
+        }
+        consumed
+    }
+
+    /// Timers: call about once a second.
+    pub fn tick(&mut self, now: Instant) {
+        let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
+        for conn in conns {
+            let Some(c) = self.conns.get_mut(conn) else { continue };
+            if let Err(violation) = c.peer.tick(now) {
+                self.drop_conn(conn, violation.to_string(), false);
+                continue;
+            }
+            self.process_events(conn, &[], now);
+            if self.conns.contains(conn) {
+                self.choke_policy(conn, now);
+                self.fill_requests(conn, now);
+                self.start_uploads(conn, now);
+            }
+        }
+    }
+
+    fn process_events(&mut self, conn: ConnId, buf: &[u8], now: Instant) {
+        while let Some(event) = self.conns.get_mut(conn).and_then(|c| c.peer.poll_event()) {
+            self.on_event(conn, event, buf, now);
+            if !self.conns.contains(conn) {
+                return;
+            }
+        }
+    }
+
+    fn on_event(&mut self, conn: ConnId, event: Event, buf: &[u8], now: Instant) {
+        let c = &mut self.conns[conn];
+        let key = c.key;
+        match event {
+            Event::Handshake { .. } => {
+                if self.picker.add_peer(key).is_err() {
+                    self.drop_conn(conn, "picker is full".into(), false);
+                    return;
+                }
+                let c = &mut self.conns[conn];
+                c.joined = true;
+                c.peer.send_bitfield(&self.have, now);
+                self.choke_policy(conn, now);
+            }
+            Event::Bitfield => {
+                let result = if c.peer.pieces().is_full() {
+                    self.picker.add_peer_have_all(key)
+                } else {
+                    self.picker.add_peer_bitfield(key, c.peer.pieces())
+                };
+                if let Err(e) = result {
+                    self.drop_conn(conn, e.to_string(), false);
+                    return;
+                }
+                self.update_interest(conn, now);
+            }
+            Event::Have(piece) => {
+                if self.picker.peer_has(key, piece).is_err() {
+                    self.drop_conn(conn, format!("bad have {piece}"), true);
+                    return;
+                }
+                self.update_interest(conn, now);
+            }
+            Event::Block { piece, begin, data } => {
+                let block = BlockRequest { piece, begin, length: data.len() as u32 };
+                self.on_block(conn, block, &buf[data], now);
+            }
+            Event::RequestDropped(request) => {
+                let _ = self.picker.request_rejected(key, request);
+            }
+            Event::RequestTimedOut(request) => {
+                let _ = self.picker.request_timed_out(key, request);
+                let _ = self.picker.set_snubbed(key, true);
+            }
+            Event::Interested | Event::NotInterested => self.choke_policy(conn, now),
+            Event::Choked
+            | Event::Unchoked
+            | Event::AllowedFast(_)
+            | Event::Suggest(_)
+            | Event::ExtensionHandshake
+            | Event::Extended { .. } => {}
+        }
+    }
+
+    fn on_block(&mut self, conn: ConnId, block: BlockRequest, data: &[u8], now: Instant) {
+        let key = self.conns[conn].key;
+        let _ = self.picker.set_snubbed(key, false);
+        self.scratch_keys.clear();
+        let mut cancel = std::mem::take(&mut self.scratch_keys);
+        let outcome = self.picker.block_received(key, block, &mut cancel);
+        for other in cancel.drain(..) {
+            if let Some(&oc) = self.keys.get(&other) {
+                self.conns[oc].peer.cancel(block, now);
+            }
+        }
+        self.scratch_keys = cancel;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.drop_conn(conn, format!("block {block:?}: {e}"), true);
+                return;
+            }
+        };
+        if matches!(outcome, BlockOutcome::Accepted | BlockOutcome::PieceComplete) {
+            let size = self.picker.piece_size(block.piece) as usize;
+            let buffer = match self.buffers.get_mut(&block.piece) {
+                Some(b) => b,
+                None => {
+                    let mut b = self.spare_buffers.pop().unwrap_or_default();
+                    b.clear();
+                    b.resize(size, 0);
+                    self.buffers.entry(block.piece).or_insert(b)
+                }
+            };
+            let begin = block.begin as usize;
+            buffer[begin..begin + data.len()].copy_from_slice(data);
+        }
+        if outcome == BlockOutcome::PieceComplete {
+            if let Some(data) = self.buffers.remove(&block.piece) {
+                self.in_flight.insert(block.piece);
+                let expected = self.params.piece_hashes[block.piece as usize];
+                self.push(Action::HashPiece { piece: block.piece, data, expected });
+            }
+        }
+    }
+
+    /// The hash of `piece` came back from the pool.
+    pub fn piece_hashed(&mut self, piece: u32, passed: bool, data: Vec<u8>) {
+        if !self.in_flight.contains(&piece) {
+            self.give_buffer(data);
+            return;
+        }
+        if passed {
+            self.push(Action::WritePiece { piece, data });
+            return;
+        }
+        self.in_flight.remove(&piece);
+        self.stats.pieces_failed += 1;
+        self.stats.failed_bytes += data.len() as u64;
+        self.give_buffer(data);
+        let mut contributors = Vec::new();
+        if self.picker.piece_failed(piece, &mut contributors).is_err() {
+            return;
+        }
+        for key in contributors {
+            let Some(&conn) = self.keys.get(&key) else { continue };
+            let addr = self.conns[conn].addr;
+            let strikes = {
+                let count = self.strikes.entry(addr).or_insert(0);
+                *count += 1;
+                *count
+            };
+            if strikes >= MAX_BAD_PIECES_PER_PEER {
+                self.drop_conn(
+                    conn,
+                    format!("sent data for {strikes} pieces that failed their hash"),
+                    true,
+                );
+            }
+        }
+    }
+
+    /// The verified `piece` was written (or failed to be). Returns the buffer
+    /// for the driver's pool. On a write error the piece is given back to the
+    /// picker; the driver stops the torrent (see `storage`).
+    pub fn piece_written(&mut self, piece: u32, ok: bool, data: Vec<u8>, now: Instant) {
+        self.give_buffer(data);
+        if !self.in_flight.remove(&piece) {
+            return;
+        }
+        if !ok {
+            let mut contributors = Vec::new();
+            let _ = self.picker.piece_failed(piece, &mut contributors);
+            return;
+        }
+        if self.picker.piece_verified(piece).is_err() {
+            return;
+        }
+        self.have.set(piece);
+        self.stats.downloaded_bytes += self.picker.piece_size(piece) as u64;
+        let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
+        for conn in conns {
+            self.conns[conn].peer.send_have(piece, now);
+            self.update_interest(conn, now);
+        }
+        self.check_completed();
+    }
+
+    /// The block for an upload was read from disk (or `data` is `None` when
+    /// the read failed: the request is rejected).
+    pub fn block_read(
+        &mut self,
+        conn: ConnId,
+        request: BlockRequest,
+        data: Option<&[u8]>,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        c.upload_reads = c.upload_reads.saturating_sub(1);
+        match data {
+            Some(data) if data.len() == request.length as usize && !c.peer.am_choking() => {
+                c.peer.send_block(request, data, now);
+                self.stats.uploaded_bytes += data.len() as u64;
+            }
+            Some(_) if c.peer.am_choking() => {}
+            _ => c.peer.reject(request, now),
+        }
+        self.start_uploads(conn, now);
+    }
+
+    /// Hands the bytes queued for `conn` to the driver: swaps them with
+    /// `spare` (an empty buffer from the driver's pool).
+    pub fn take_outgoing(&mut self, conn: ConnId, spare: &mut Vec<u8>) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.peer.swap_outgoing(spare);
+        }
+    }
+
+    /// Bytes waiting to be sent on `conn`.
+    pub fn outgoing_len(&self, conn: ConnId) -> usize {
+        self.conns.get(conn).map_or(0, |c| c.peer.outgoing_len())
+    }
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    // ---- policy -----------------------------------------------------------
+
+    fn push(&mut self, action: Action) {
+        debug_assert!(self.actions.len() < MAX_QUEUED_ACTIONS, "driver must drain actions");
+        self.actions.push_back(action);
+    }
+
+    fn give_buffer(&mut self, data: Vec<u8>) {
+        if self.spare_buffers.len() < 8 {
+            self.spare_buffers.push(data);
+        }
+    }
+
+    fn check_completed(&mut self) {
+        if !self.completed_reported && self.picker.is_finished() {
+            self.completed_reported = true;
+            self.push(Action::Completed);
+        }
+    }
+
+    fn update_interest(&mut self, conn: ConnId, now: Instant) {
+        let c = &mut self.conns[conn];
+        if !c.joined {
+            return;
+        }
+        let interested = self.picker.is_interesting(c.key).unwrap_or(false);
+        if interested != c.peer.am_interested() {
+            c.peer.set_interested(interested, now);
+        }
+    }
+
+    /// Unchokes interested peers while slots are free. (The rotating
+    /// tit-for-tat choker replaces this first-come policy.)
+    fn choke_policy(&mut self, conn: ConnId, now: Instant) {
+        let unchoked = self.conns.iter().filter(|(_, c)| !c.peer.am_choking()).count();
+        let c = &mut self.conns[conn];
+        if !c.peer.is_active() {
+            return;
+        }
+        if c.peer.peer_interested() && c.peer.am_choking() && unchoked < self.config.upload_slots {
+            c.peer.unchoke(now);
+        } else if !c.peer.peer_interested() && !c.peer.am_choking() {
+            c.peer.choke(now);
+        }
+    }
+
+    fn fill_requests(&mut self, conn: ConnId, now: Instant) {
+        let c = &mut self.conns[conn];
+        if !c.joined || !c.peer.am_interested() {
+            return;
+        }
+        let slots = c.peer.request_slots();
+        if slots == 0 {
+            return;
+        }
+        if self.buffers.len() + self.in_flight.len() >= MAX_PIECE_BUFFERS {
+            return;
+        }
+        let choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());
+        if choked.as_ref().is_some_and(|fast| fast.is_empty()) {
+            return;
+        }
+        let key = c.key;
+        let mut picks = std::mem::take(&mut self.scratch_requests);
+        picks.clear();
+        let _ = self.picker.pick_blocks(key, slots, choked.as_deref(), &mut picks);
+        for request in picks.drain(..) {
+            if self.conns[conn].peer.request(request, now).is_err() {
+                let _ = self.picker.request_rejected(key, request);
+            }
+        }
+        self.scratch_requests = picks;
+    }
+
+    fn start_uploads(&mut self, conn: ConnId, now: Instant) {
+        loop {
+            let c = &mut self.conns[conn];
+            if c.upload_reads >= MAX_UPLOAD_READS_IN_FLIGHT
+                || c.peer.outgoing_len() >= UPLOAD_BUFFER_HIGH_WATER
+            {
+                return;
+            }
+            let Some(request) = c.peer.next_upload() else { return };
+            if !self.have.get(request.piece) {
+                c.peer.reject(request, now);
+                continue;
+            }
+            c.upload_reads += 1;
+            self.push(Action::ReadBlock { conn, request });
+        }
+    }
+}
+
+/// Violations that mean a broken or hostile peer rather than a timeout.
+fn is_hostile(violation: &Violation) -> bool {
+    !matches!(
+        violation,
+        Violation::HandshakeTimeout(_)
+            | Violation::Idle(_)
+            | Violation::ConnectedToSelf
+            | Violation::WrongInfoHash(_)
+    )
+}
+
+#[cfg(test)]
+mod sim;
