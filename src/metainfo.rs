@@ -45,8 +45,8 @@ pub const PIECE_LENGTH_MAX: u64 = 256 * 1024 * 1024;
 /// Why a `.torrent` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
-    #[error("not valid bencode: {0}")]
-    Bencode(#[from] DecodeError),
+    #[error("{0}")]
+    Bencode(DecodeError),
     #[error("the torrent is not a bencoded dictionary")]
     NotADictionary,
     #[error("missing `{0}`")]
@@ -81,8 +81,16 @@ pub enum MetainfoError {
     PieceCount { found: usize, expected: u64, total_length: u64, piece_length: u64 },
     #[error("the torrent file is {size} bytes, more than the limit of {METAINFO_FILE_MAX_BYTES}")]
     FileTooLarge { size: u64 },
-    #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("reading {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+// By hand rather than `#[from]`, which would also make the decode error the
+// `source()` and print it twice in an error chain.
+impl From<DecodeError> for MetainfoError {
+    fn from(e: DecodeError) -> Self {
+        MetainfoError::Bencode(e)
+    }
 }
 
 /// The 20-byte SHA1 of a torrent's bencoded `info` dictionary (BitTorrent v1).
@@ -270,7 +278,7 @@ impl Metainfo {
     /// Reads and parses a `.torrent` file of at most [`METAINFO_FILE_MAX_BYTES`].
     pub fn from_file(path: &Path) -> Result<Metainfo, MetainfoError> {
         use std::io::Read;
-        let io = |source| MetainfoError::Io { path: path.display().to_string(), source };
+        let io = |error| MetainfoError::Io { path: path.display().to_string(), error };
         let file = std::fs::File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
         if size > METAINFO_FILE_MAX_BYTES {
