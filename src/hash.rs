@@ -3,12 +3,23 @@
 //! Layer: CPU work (threads, no sockets or runtime). Owns piece hashing for
 //! `create`, recheck and the download engine.
 //!
-//! [`hash_pieces_parallel`] hashes a run of pieces whose bytes are produced by a
-//! caller-supplied reader, one worker thread per core, each reading and hashing
-//! its own pieces so reads and hashing overlap across cores.
+//! * [`hash_pieces_parallel`] hashes a run of pieces whose bytes are produced
+//!   by a caller-supplied reader, one worker thread per core, each reading and
+//!   hashing its own pieces so reads and hashing overlap across cores (`create`,
+//!   `verify`, resume recheck).
+//! * [`HashPool`] is the download engine's: long-lived worker threads that take
+//!   pieces already in memory and answer through a `tokio::sync::oneshot`, so a
+//!   shard `.await`s the verdict and its network loop never stalls on SHA1.
+//!
+//! Invariants of the pool: at most [`HASH_QUEUE_DEPTH`] pieces are queued or
+//! being hashed at once; past that, [`HashPool::submit`] hands the buffer back
+//! as [`SubmitError::Full`] (back-pressure as a value: the caller stops reading
+//! from peers until a verdict frees a slot). Every buffer comes back with its
+//! verdict so the caller can reuse it.
 
 use sha1::{Digest, Sha1};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// SHA1 of one buffer.
 pub fn sha1(data: &[u8]) -> [u8; 20] {
@@ -74,6 +85,195 @@ where
     Ok(hashes)
 }
 
+/// Most pieces queued or being hashed in one [`HashPool`] at once. With 4 MiB
+/// pieces this bounds the pool's buffers to 1 GiB; with 256 KiB pieces, 64 MiB.
+pub const HASH_QUEUE_DEPTH: usize = 256;
+
+/// A piece's hash verdict, with its buffer handed back for reuse.
+#[derive(Debug)]
+pub struct Verdict {
+    pub index: u32,
+    /// The SHA1 of the buffer equals the expected hash.
+    pub ok: bool,
+    pub buf: Vec<u8>,
+}
+
+/// A piece for [`HashPool::submit_batch`].
+#[derive(Debug)]
+pub struct PieceJob {
+    pub index: u32,
+    pub buf: Vec<u8>,
+    pub expected: [u8; 20],
+}
+
+/// The pool did not take the work; the buffers come back untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError<T> {
+    /// [`HASH_QUEUE_DEPTH`] pieces are already queued: retry after a verdict.
+    #[error("hash queue is full ({HASH_QUEUE_DEPTH} pieces)")]
+    Full(T),
+    /// A batch larger than [`HASH_QUEUE_DEPTH`] can never fit: split it.
+    #[error("batch of {len} pieces exceeds the hash queue depth {HASH_QUEUE_DEPTH}")]
+    BatchTooLarge { len: usize, jobs: T },
+}
+
+/// Receives one piece's verdict: `.await` it on a shard, or `blocking_recv()`
+/// on a plain thread. Errors only if the pool shut down first.
+pub type VerdictReceiver = tokio::sync::oneshot::Receiver<Verdict>;
+
+/// Receives a whole batch's verdicts, in submission order.
+pub type BatchReceiver = tokio::sync::oneshot::Receiver<Vec<Verdict>>;
+
+enum Reply {
+    One(tokio::sync::oneshot::Sender<Verdict>),
+    Batch(Arc<BatchState>, usize),
+}
+
+struct BatchState {
+    slots: Mutex<(Vec<Option<Verdict>>, usize, Option<tokio::sync::oneshot::Sender<Vec<Verdict>>>)>,
+}
+
+struct Job {
+    index: u32,
+    buf: Vec<u8>,
+    expected: [u8; 20],
+    reply: Reply,
+}
+
+/// Long-lived SHA1 workers for the download engine. Dropping the pool lets
+/// queued work finish, then joins the workers.
+pub struct HashPool {
+    tx: Option<crossbeam_channel::Sender<Job>>,
+    pending: Arc<AtomicUsize>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl HashPool {
+    /// Starts `threads` workers (clamped to 1..=256); see [`default_threads`].
+    pub fn new(threads: usize) -> std::io::Result<HashPool> {
+        let threads = threads.clamp(1, 256);
+        // The channel itself is unbounded; `pending` enforces the depth so a
+        // batch can reserve all its slots at once or none.
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let rx = rx.clone();
+            let pending = pending.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("ringbit-hash-{n}"))
+                    .spawn(move || worker(rx, pending))?,
+            );
+        }
+        Ok(HashPool { tx: Some(tx), pending, workers })
+    }
+
+    /// Pieces queued or being hashed right now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p + n <= HASH_QUEUE_DEPTH).then_some(p + n)
+            })
+            .is_ok()
+    }
+
+    fn send(&self, job: Job) {
+        // The workers hold the receiver until the pool is dropped, so sending
+        // cannot fail while `self` is alive.
+        let tx = self.tx.as_ref().expect("pool is running");
+        tx.send(job).expect("hash workers alive while the pool exists");
+    }
+
+    /// Queues one piece. Never blocks: a full queue returns the buffer.
+    pub fn submit(
+        &self,
+        index: u32,
+        buf: Vec<u8>,
+        expected: [u8; 20],
+    ) -> Result<VerdictReceiver, SubmitError<Vec<u8>>> {
+        if !self.reserve(1) {
+            return Err(SubmitError::Full(buf));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Job { index, buf, expected, reply: Reply::One(reply) });
+        Ok(rx)
+    }
+
+    /// Queues many pieces as one submission (recheck): they are hashed on
+    /// every worker at once and answered together, in submission order.
+    pub fn submit_batch(
+        &self,
+        jobs: Vec<PieceJob>,
+    ) -> Result<BatchReceiver, SubmitError<Vec<PieceJob>>> {
+        if jobs.len() > HASH_QUEUE_DEPTH {
+            return Err(SubmitError::BatchTooLarge { len: jobs.len(), jobs });
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if jobs.is_empty() {
+            let _ = reply.send(Vec::new());
+            return Ok(rx);
+        }
+        if !self.reserve(jobs.len()) {
+            return Err(SubmitError::Full(jobs));
+        }
+        let state = Arc::new(BatchState {
+            slots: Mutex::new(((0..jobs.len()).map(|_| None).collect(), jobs.len(), Some(reply))),
+        });
+        for (slot, job) in jobs.into_iter().enumerate() {
+            self.send(Job {
+                index: job.index,
+                buf: job.buf,
+                expected: job.expected,
+                reply: Reply::Batch(state.clone(), slot),
+            });
+        }
+        Ok(rx)
+    }
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(rx: crossbeam_channel::Receiver<Job>, pending: Arc<AtomicUsize>) {
+    while let Ok(job) = rx.recv() {
+        let ok = sha1(&job.buf) == job.expected;
+        let verdict = Verdict { index: job.index, ok, buf: job.buf };
+        // Free the slot before replying so a caller woken by the verdict can
+        // submit again at once.
+        pending.fetch_sub(1, Ordering::AcqRel);
+        match job.reply {
+            // A dropped receiver means the caller lost interest (torrent
+            // removed): the verdict and buffer are dropped.
+            Reply::One(tx) => {
+                let _ = tx.send(verdict);
+            }
+            Reply::Batch(state, slot) => {
+                let mut guard = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let (slots, left, reply) = &mut *guard;
+                slots[slot] = Some(verdict);
+                *left -= 1;
+                if *left == 0 {
+                    if let Some(reply) = reply.take() {
+                        let all = slots.drain(..).map(|v| v.expect("every slot filled")).collect();
+                        let _ = reply.send(all);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +297,82 @@ mod tests {
         for (i, chunk) in data.chunks(piece).enumerate() {
             assert_eq!(hashes[i], sha1(chunk));
         }
+    }
+
+    #[test]
+    fn pool_verdicts_and_buffers_come_back() {
+        let pool = HashPool::new(2).unwrap();
+        let data = vec![7u8; 1000];
+        let good = sha1(&data);
+        let ok = pool.submit(3, data.clone(), good).unwrap().blocking_recv().unwrap();
+        assert!(ok.ok && ok.index == 3 && ok.buf == data);
+        let bad = pool.submit(4, data.clone(), [0; 20]).unwrap().blocking_recv().unwrap();
+        assert!(!bad.ok && bad.buf == data);
+        let jobs: Vec<PieceJob> = (0..50u32)
+            .map(|i| {
+                let buf = vec![i as u8; 100 + i as usize];
+                let expected = if i % 7 == 0 { [1; 20] } else { sha1(&buf) };
+                PieceJob { index: i, buf, expected }
+            })
+            .collect();
+        let verdicts = pool.submit_batch(jobs).unwrap().blocking_recv().unwrap();
+        assert_eq!(verdicts.len(), 50);
+        for (i, v) in verdicts.iter().enumerate() {
+            assert_eq!(v.index, i as u32);
+            assert_eq!(v.ok, i % 7 != 0);
+            assert_eq!(v.buf.len(), 100 + i);
+        }
+        assert!(pool.submit_batch(Vec::new()).unwrap().blocking_recv().unwrap().is_empty());
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[test]
+    fn pool_full_hands_buffers_back() {
+        let pool = HashPool::new(1).unwrap();
+        // Occupy every slot but one, as if that many pieces were in flight
+        // (deterministic: no race with the worker).
+        pool.pending.store(HASH_QUEUE_DEPTH - 1, Ordering::Release);
+        let rx = pool.submit(0, vec![1; 10], [0; 20]).unwrap();
+        assert!(!rx.blocking_recv().unwrap().ok);
+        pool.pending.store(HASH_QUEUE_DEPTH, Ordering::Release);
+        match pool.submit(1, vec![9; 1 << 20], [0; 20]) {
+            Err(SubmitError::Full(buf)) => assert_eq!(buf, vec![9; 1 << 20]),
+            other => panic!("expected Full, got {:?}", other.map(|_| ())),
+        }
+        pool.pending.store(HASH_QUEUE_DEPTH - 2, Ordering::Release);
+        let three: Vec<PieceJob> = (0..3u32)
+            .map(|index| PieceJob { index, buf: vec![index as u8], expected: [0; 20] })
+            .collect();
+        match pool.submit_batch(three) {
+            Err(SubmitError::Full(jobs)) => assert_eq!(jobs.len(), 3),
+            other => panic!("expected Full, got {:?}", other.map(|_| ())),
+        }
+        pool.pending.store(0, Ordering::Release);
+        let too_big: Vec<PieceJob> = (0..HASH_QUEUE_DEPTH as u32 + 1)
+            .map(|index| PieceJob { index, buf: Vec::new(), expected: [0; 20] })
+            .collect();
+        match pool.submit_batch(too_big) {
+            Err(SubmitError::BatchTooLarge { len, jobs }) => {
+                assert_eq!(len, HASH_QUEUE_DEPTH + 1);
+                assert_eq!(jobs.len(), len);
+            }
+            other => panic!("expected BatchTooLarge, got {:?}", other.map(|_| ())),
+        }
+        // A full-depth batch fits once the queue is empty.
+        let max: Vec<PieceJob> = (0..HASH_QUEUE_DEPTH as u32)
+            .map(|index| PieceJob { index, buf: vec![0; 64], expected: sha1(&[0; 64]) })
+            .collect();
+        let verdicts = pool.submit_batch(max).unwrap().blocking_recv().unwrap();
+        assert!(verdicts.iter().all(|v| v.ok));
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[test]
+    fn pool_answers_an_async_waiter() {
+        let pool = HashPool::new(2).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let v = rt.block_on(async { pool.submit(1, b"abc".to_vec(), sha1(b"abc")).unwrap().await });
+        assert!(v.unwrap().ok);
     }
 
     #[test]

@@ -1,4 +1,551 @@
-//! Piece storage behind one narrow interface, with mmap, pwrite and io_uring
-//! backends.
+//! Piece storage: one narrow interface per torrent over its files on disk, with
+//! three backends (mmap, pwrite, io_uring), the recheck reader and the resume
+//! file's atomic I/O.
 //!
-//! Layer: driver.
+//! Layer: driver (touches files, mmap and io_uring; `tokio_uring` is imported
+//! only in [`uring`]). The engine calls [`PieceStore`] from a shard:
+//! whole verified pieces go in with [`PieceStore::write_piece`], blocks for
+//! peers come out with [`PieceStore::read_block`]; buffers are owned and always
+//! handed back, so they return to the caller's pool.
+//!
+//! Invariants:
+//! * files are created under the download dir with the torrent's directory
+//!   structure (paths from [`FileEntry::path`](crate::metainfo::FileEntry),
+//!   already path-safe); pad files are never created, read as zeros and their
+//!   bytes are never written;
+//! * every offset is checked against the [`Layout`] before any I/O: a piece
+//!   index, block range or buffer length out of bounds is an error, not a
+//!   write past a file's end;
+//! * the mmap backend only ever maps fully allocated files (`fallocate`
+//!   succeeded): writing through a mapping of a sparse file on a full disk
+//!   raises SIGBUS and kills the process, so a full disk must surface at
+//!   [`PieceStore::open`] as [`StorageError::DiskFull`] instead;
+//! * a full disk or an I/O error is a [`StorageError`] for that torrent, never a
+//!   panic; pieces already written stay on disk untouched.
+
+pub mod check;
+mod mmap;
+mod pwrite;
+pub mod resume;
+mod uring;
+
+use crate::bitfield::Bitfield;
+use crate::layout::{Layout, LayoutError};
+use crate::metainfo::Info;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub use mmap::MmapStore;
+pub use pwrite::PwriteStore;
+pub use uring::UringStore;
+
+/// Which I/O path a [`PieceStore`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// memmap2 shared mappings of preallocated files.
+    Mmap,
+    /// `pwrite`/`pread` through std's `FileExt` (synchronous, completes at once).
+    #[default]
+    Pwrite,
+    /// tokio-uring `write_at`/`read_at` with owned buffers; needs a
+    /// tokio-uring runtime (a shard thread).
+    Uring,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "mmap" => Ok(Backend::Mmap),
+            "pwrite" => Ok(Backend::Pwrite),
+            "uring" | "io_uring" => Ok(Backend::Uring),
+            other => Err(format!("unknown storage backend {other:?} (mmap, pwrite, uring)")),
+        }
+    }
+}
+
+/// How file space is reserved at [`PieceStore::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Allocation {
+    /// `fallocate` every file to its full length: a torrent that does not fit
+    /// fails at open with [`StorageError::DiskFull`], never mid-download.
+    #[default]
+    Full,
+    /// Only set the file length (sparse files); a full disk surfaces at the
+    /// write that hits it. Refused by the mmap backend.
+    Sparse,
+}
+
+/// Options of [`PieceStore::open`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub backend: Backend,
+    pub allocation: Allocation,
+}
+
+/// A storage failure for one torrent.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{}: no space left on device (the torrent's files need {needed} more bytes)", path.display())]
+    DiskFull { path: PathBuf, needed: u64 },
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot preallocate ({source}); the mmap backend never maps sparse files, use the pwrite backend on this filesystem", path.display())]
+    PreallocateUnsupported {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} exists and is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("piece {index} out of range ({count} pieces)")]
+    PieceOutOfRange { index: u32, count: u32 },
+    #[error("piece {index} buffer is {got} bytes, expected {expected}")]
+    WrongPieceLength { index: u32, got: usize, expected: u32 },
+    #[error("block {begin}+{len} lies outside piece {index} of {size} bytes")]
+    BlockOutOfRange { index: u32, begin: u32, len: u32, size: u32 },
+    #[error("the mmap backend needs fully allocated files (Allocation::Full)")]
+    MmapNeedsFullAllocation,
+    #[error("the io_uring backend needs a tokio-uring runtime (a shard thread)")]
+    NotInUringRuntime,
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+}
+
+impl StorageError {
+    /// Classifies an I/O error: ENOSPC and EDQUOT become [`StorageError::DiskFull`].
+    pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error, needed: u64) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                StorageError::DiskFull { path: path.to_path_buf(), needed }
+            }
+            _ => StorageError::Io { path: path.to_path_buf(), op, source },
+        }
+    }
+
+    /// True for a full disk (the torrent stops; space may be freed and it resumed).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::DiskFull { .. })
+    }
+}
+
+/// How complete one file is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileCompletion {
+    pub path: PathBuf,
+    pub length: u64,
+    /// Bytes of the file lying in verified pieces.
+    pub bytes_complete: u64,
+    pub pad: bool,
+}
+
+/// Per-file completion of `info` from a verified-piece bitfield (pad files
+/// included, flagged).
+pub fn file_completion(info: &Info, layout: &Layout, have: &Bitfield) -> Vec<FileCompletion> {
+    info.files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FileCompletion {
+            path: f.path.iter().collect(),
+            length: f.length,
+            bytes_complete: layout.file_bytes_complete(i, have),
+            pad: f.pad,
+        })
+        .collect()
+}
+
+/// Where file `entry` of a torrent lives under `dir`.
+pub fn file_path(dir: &Path, path: &[String]) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    p.extend(path);
+    p
+}
+
+/// An open file of the torrent (pad files have none).
+pub(crate) struct OpenFile {
+    pub path: PathBuf,
+    pub file: File,
+    pub length: u64,
+}
+
+/// Creates (or opens) every non-pad file read-write, with its directories,
+/// and reserves its space. Zero-length files are created and left empty.
+pub(crate) fn open_files(
+    info: &Info,
+    dir: &Path,
+    allocation: Allocation,
+) -> Result<Vec<Option<OpenFile>>, StorageError> {
+    let mut out = Vec::with_capacity(info.files.len());
+    for entry in &info.files {
+        if entry.pad {
+            out.push(None);
+            continue;
+        }
+        let path = file_path(dir, &entry.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StorageError::io(parent, "create directory", e, 0))?;
+        }
+        if path.exists() && !path.is_file() {
+            return Err(StorageError::NotAFile { path });
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, "open", e, entry.length))?;
+        let current = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?.len();
+        if current > entry.length {
+            // Longer than the torrent says: the extra bytes are not ours to
+            // serve; cut them so the mapping and reads match the layout.
+            file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
+        }
+        if entry.length > 0 {
+            reserve(&file, &path, entry.length, current, allocation)?;
+        }
+        out.push(Some(OpenFile { path, file, length: entry.length }));
+    }
+    Ok(out)
+}
+
+fn reserve(
+    file: &File,
+    path: &Path,
+    length: u64,
+    current: u64,
+    allocation: Allocation,
+) -> Result<(), StorageError> {
+    if allocation == Allocation::Sparse {
+        if current < length {
+            file.set_len(length).map_err(|e| StorageError::io(path, "set length", e, length))?;
+        }
+        return Ok(());
+    }
+    // SAFETY: fallocate(2) on an fd we own, mode 0 (allocate and extend the
+    // size); it touches no memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            Err(StorageError::PreallocateUnsupported { path: path.to_path_buf(), source: err })
+        }
+        _ => Err(StorageError::io(path, "fallocate", err, length.saturating_sub(current))),
+    }
+}
+
+/// Checks a whole-piece write against the layout.
+pub(crate) fn check_piece(layout: &Layout, index: u32, len: usize) -> Result<(), StorageError> {
+    if index >= layout.piece_count() {
+        return Err(StorageError::PieceOutOfRange { index, count: layout.piece_count() });
+    }
+    let expected = layout.piece_size(index);
+    if len != expected as usize {
+        return Err(StorageError::WrongPieceLength { index, got: len, expected });
+    }
+    Ok(())
+}
+
+/// Checks a block read against the layout.
+pub(crate) fn check_block(
+    layout: &Layout,
+    index: u32,
+    begin: u32,
+    len: u32,
+) -> Result<(), StorageError> {
+    if index >= layout.piece_count() {
+        return Err(StorageError::PieceOutOfRange { index, count: layout.piece_count() });
+    }
+    let size = layout.piece_size(index);
+    if len == 0 || begin.checked_add(len).is_none_or(|end| end > size) {
+        return Err(StorageError::BlockOutOfRange { index, begin, len, size });
+    }
+    Ok(())
+}
+
+/// One torrent's storage, as the engine calls it from a shard. The sync
+/// backends complete at once; the io_uring one awaits its operations.
+pub enum PieceStore {
+    Mmap(MmapStore),
+    Pwrite(PwriteStore),
+    Uring(UringStore),
+}
+
+impl PieceStore {
+    /// Opens or creates the torrent's files under `dir` and reserves their
+    /// space (see [`Allocation`]). For [`Backend::Uring`] it must run on a
+    /// tokio-uring runtime thread, which then owns the store.
+    pub fn open(
+        info: &Info,
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<PieceStore, StorageError> {
+        let layout = Layout::new(info)?;
+        match options.backend {
+            Backend::Mmap => {
+                if options.allocation != Allocation::Full {
+                    return Err(StorageError::MmapNeedsFullAllocation);
+                }
+                let files = open_files(info, dir, Allocation::Full)?;
+                Ok(PieceStore::Mmap(MmapStore::new(layout, files)?))
+            }
+            Backend::Pwrite => {
+                let files = open_files(info, dir, options.allocation)?;
+                Ok(PieceStore::Pwrite(PwriteStore::new(layout, files)))
+            }
+            Backend::Uring => {
+                let files = open_files(info, dir, options.allocation)?;
+                Ok(PieceStore::Uring(UringStore::new(layout, files)?))
+            }
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        match self {
+            PieceStore::Mmap(s) => s.layout(),
+            PieceStore::Pwrite(s) => s.layout(),
+            PieceStore::Uring(s) => s.layout(),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            PieceStore::Mmap(_) => Backend::Mmap,
+            PieceStore::Pwrite(_) => Backend::Pwrite,
+            PieceStore::Uring(_) => Backend::Uring,
+        }
+    }
+
+    /// Writes a whole verified piece (`buf.len()` must equal the piece's
+    /// size). The buffer is handed back whatever happens.
+    pub async fn write_piece(
+        &self,
+        index: u32,
+        buf: Vec<u8>,
+    ) -> (Result<(), StorageError>, Vec<u8>) {
+        match self {
+            PieceStore::Mmap(s) => {
+                let r = s.write_piece(index, &buf);
+                (r, buf)
+            }
+            PieceStore::Pwrite(s) => {
+                let r = s.write_piece(index, &buf);
+                (r, buf)
+            }
+            PieceStore::Uring(s) => s.write_piece(index, buf).await,
+        }
+    }
+
+    /// Reads `len` bytes at `begin` of piece `index` into `buf` (cleared,
+    /// resized to `len`; its capacity is reused). Returns the bytes read.
+    pub async fn read_block(
+        &self,
+        index: u32,
+        begin: u32,
+        len: u32,
+        mut buf: Vec<u8>,
+    ) -> (Result<usize, StorageError>, Vec<u8>) {
+        match self {
+            PieceStore::Mmap(s) => {
+                let r = s.read_block(index, begin, len, &mut buf);
+                (r, buf)
+            }
+            PieceStore::Pwrite(s) => {
+                let r = s.read_block(index, begin, len, &mut buf);
+                (r, buf)
+            }
+            PieceStore::Uring(s) => s.read_block(index, begin, len, buf).await,
+        }
+    }
+
+    /// Makes every written piece durable (msync / fdatasync).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        match self {
+            PieceStore::Mmap(s) => s.flush(),
+            PieceStore::Pwrite(s) => s.flush(),
+            PieceStore::Uring(s) => s.flush().await,
+        }
+    }
+
+    /// Synchronous write for the sync backends (tests, tools); the io_uring
+    /// backend answers [`StorageError::NotInUringRuntime`].
+    pub fn write_piece_sync(&self, index: u32, buf: &[u8]) -> Result<(), StorageError> {
+        match self {
+            PieceStore::Mmap(s) => s.write_piece(index, buf),
+            PieceStore::Pwrite(s) => s.write_piece(index, buf),
+            PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
+        }
+    }
+
+    /// Synchronous block read for the sync backends.
+    pub fn read_block_sync(
+        &self,
+        index: u32,
+        begin: u32,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, StorageError> {
+        match self {
+            PieceStore::Mmap(s) => s.read_block(index, begin, len, buf),
+            PieceStore::Pwrite(s) => s.read_block(index, begin, len, buf),
+            PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::FileEntry;
+
+    pub(crate) fn info(piece_length: u32, files: &[(&str, u64, bool)]) -> Info {
+        let mut offset = 0;
+        let files: Vec<FileEntry> = files
+            .iter()
+            .map(|&(name, length, pad)| {
+                let f = FileEntry { path: vec!["t".into(), name.into()], length, offset, pad };
+                offset += length;
+                f
+            })
+            .collect();
+        let count = offset.div_ceil(piece_length as u64) as usize;
+        Info {
+            name: "t".into(),
+            piece_length,
+            pieces: vec![[0; 20]; count],
+            files,
+            total_length: offset,
+            private: false,
+            multi_file: true,
+            source: None,
+        }
+    }
+
+    fn stream(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8 + 1).collect()
+    }
+
+    /// Writes every piece (in a scrambled order) and reads every block back,
+    /// then checks the files on disk hold the stream minus pad bytes.
+    fn round_trip(backend: Backend) {
+        let info = info(
+            16,
+            &[
+                ("a", 5, false),
+                ("z", 0, false),
+                ("pad", 11, true),
+                ("b", 37, false),
+                ("c", 1, false),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            PieceStore::open(&info, dir.path(), StoreOptions { backend, ..Default::default() })
+                .unwrap();
+        let mut data = stream(info.total_length as usize);
+        data[5..16].fill(0); // pad bytes are zeros
+        let count = store.layout().piece_count();
+        let run = async {
+            for i in (0..count).rev() {
+                let s = i as usize * 16;
+                let piece = data[s..(s + 16).min(data.len())].to_vec();
+                let (r, back) = store.write_piece(i, piece.clone()).await;
+                r.unwrap();
+                assert_eq!(back, piece);
+            }
+            store.flush().await.unwrap();
+            let mut buf = Vec::with_capacity(64);
+            for i in 0..count {
+                let size = store.layout().piece_size(i);
+                for begin in 0..size {
+                    let len = (size - begin).min(7);
+                    let (r, b) = store.read_block(i, begin, len, buf).await;
+                    buf = b;
+                    assert_eq!(r.unwrap(), len as usize);
+                    let s = i as usize * 16 + begin as usize;
+                    assert_eq!(buf, &data[s..s + len as usize], "piece {i} begin {begin}");
+                }
+            }
+            let (r, _) = store.read_block(count, 0, 1, Vec::new()).await;
+            assert!(matches!(r, Err(StorageError::PieceOutOfRange { .. })));
+            let (r, _) = store.read_block(0, 10, 7, Vec::new()).await;
+            assert!(matches!(r, Err(StorageError::BlockOutOfRange { .. })));
+            let (r, _) = store.write_piece(0, vec![0; 3]).await;
+            assert!(matches!(r, Err(StorageError::WrongPieceLength { .. })));
+        };
+        if backend == Backend::Uring {
+            tokio_uring::start(run);
+        } else {
+            futures_lite_block_on(run);
+        }
+        drop(store);
+        let t = dir.path().join("t");
+        assert_eq!(std::fs::read(t.join("a")).unwrap(), &data[..5]);
+        assert_eq!(std::fs::read(t.join("z")).unwrap(), b"");
+        assert!(!t.join("pad").exists(), "pad files are never created");
+        assert_eq!(std::fs::read(t.join("b")).unwrap(), &data[16..53]);
+        assert_eq!(std::fs::read(t.join("c")).unwrap(), &data[53..]);
+    }
+
+    /// The sync backends' futures are ready at once: poll them on a
+    /// current-thread tokio runtime.
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn round_trip_mmap() {
+        round_trip(Backend::Mmap);
+    }
+
+    #[test]
+    fn round_trip_pwrite() {
+        round_trip(Backend::Pwrite);
+    }
+
+    #[test]
+    fn round_trip_uring() {
+        round_trip(Backend::Uring);
+    }
+
+    #[test]
+    fn mmap_refuses_sparse_allocation() {
+        let info = info(16, &[("a", 40, false)]);
+        let dir = tempfile::tempdir().unwrap();
+        let r = PieceStore::open(
+            &info,
+            dir.path(),
+            StoreOptions { backend: Backend::Mmap, allocation: Allocation::Sparse },
+        );
+        assert!(matches!(r, Err(StorageError::MmapNeedsFullAllocation)));
+    }
+
+    #[test]
+    fn existing_data_survives_reopen() {
+        let info = info(16, &[("a", 40, false)]);
+        let dir = tempfile::tempdir().unwrap();
+        let data = stream(40);
+        {
+            let s = PieceStore::open(&info, dir.path(), StoreOptions::default()).unwrap();
+            s.write_piece_sync(1, &data[16..32]).unwrap();
+        }
+        for backend in [Backend::Mmap, Backend::Pwrite] {
+            let s =
+                PieceStore::open(&info, dir.path(), StoreOptions { backend, ..Default::default() })
+                    .unwrap();
+            let mut buf = Vec::new();
+            s.read_block_sync(1, 0, 16, &mut buf).unwrap();
+            assert_eq!(buf, &data[16..32]);
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Recheck: read a torrent's data from disk and verify every piece's SHA1 on
+//! every core (`ringbit verify`, resume recheck).
+//!
+//! Layer: driver (reads files) feeding [`crate::hash`]'s SHA1. Workers take
+//! runs of consecutive pieces from a shared counter, so each reads mostly
+//! sequentially and no core idles while another still has work.
+//!
+//! Two read paths, chosen by [`ReadMethod`]:
+//! * `Mmap`: hash straight from a read-only mapping (`MADV_SEQUENTIAL`): no
+//!   copy, the page cache pages are hashed in place;
+//! * `Pread`: `pread` into one reused buffer per worker.
+//!
+//! Missing files and files shorter than the torrent says are not errors: the
+//! pieces that need their bytes are *missing*, distinct from *corrupt* pieces
+//! (bytes present, hash wrong). Invariant: each checked piece is in exactly
+//! one of `have`, `missing`, `corrupt`.
+
+use super::file_path;
+use crate::bitfield::Bitfield;
+use crate::layout::{Layout, LayoutError};
+use crate::metainfo::Info;
+use memmap2::{Advice, Mmap, MmapOptions};
+use sha1::{Digest, Sha1};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Bytes of consecutive pieces one worker takes at a time: long enough for
+/// sequential reads and readahead, short enough to balance the last pieces.
+pub const CHECK_RUN_BYTES: u64 = 4 << 20;
+
+/// Most read errors kept for the report (the count is always exact).
+pub const CHECK_ERRORS_MAX: usize = 16;
+
+/// How recheck reads piece bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadMethod {
+    /// Hash in place from a read-only mapping.
+    #[default]
+    Mmap,
+    /// `pread` into a reused buffer.
+    Pread,
+}
+
+impl std::str::FromStr for ReadMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ReadMethod, String> {
+        match s {
+            "mmap" => Ok(ReadMethod::Mmap),
+            "pread" => Ok(ReadMethod::Pread),
+            other => Err(format!("unknown read method {other:?} (mmap, pread)")),
+        }
+    }
+}
+
+/// What recheck found for one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// Present with at least the torrent's length.
+    Present,
+    /// Not there (or not a regular file).
+    Missing,
+    /// Shorter than the torrent says.
+    Short { len: u64 },
+    /// A pad file: never on disk.
+    Pad,
+}
+
+/// The result of a recheck.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Pieces whose hash matched.
+    pub have: Bitfield,
+    /// Pieces that need bytes of a missing or short file (or unreadable).
+    pub missing: Bitfield,
+    /// Pieces whose bytes are there but hash wrong.
+    pub corrupt: Bitfield,
+    /// Pieces checked (the rest were not asked for).
+    pub checked: u32,
+    pub files: Vec<FileState>,
+    /// Read errors other than missing/short files, as messages (at most
+    /// [`CHECK_ERRORS_MAX`]); their pieces count as missing.
+    pub read_errors: Vec<String>,
+    pub read_error_count: usize,
+}
+
+/// Recheck settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckOptions {
+    pub threads: usize,
+    pub method: ReadMethod,
+}
+
+impl Default for CheckOptions {
+    fn default() -> CheckOptions {
+        CheckOptions { threads: crate::hash::default_threads(), method: ReadMethod::default() }
+    }
+}
+
+enum Source {
+    Pad,
+    Missing,
+    File { file: File, len: u64, map: Option<Mmap> },
+}
+
+enum Outcome {
+    Ok,
+    Corrupt,
+    Missing,
+    Unreadable(String),
+}
+
+/// Checks the pieces set in `only` (every piece when `None`) of `info`'s
+/// files under `dir`. `on_piece` is called after each piece (progress).
+pub fn recheck(
+    info: &Info,
+    dir: &Path,
+    only: Option<&Bitfield>,
+    options: CheckOptions,
+    on_piece: &(dyn Fn(u32) + Sync),
+) -> Result<CheckReport, LayoutError> {
+    let layout = Layout::new(info)?;
+    let mut files = Vec::with_capacity(info.files.len());
+    let mut sources = Vec::with_capacity(info.files.len());
+    for entry in &info.files {
+        if entry.pad {
+            files.push(FileState::Pad);
+            sources.push(Source::Pad);
+            continue;
+        }
+        let path = file_path(dir, &entry.path);
+        match open_source(&path, entry.length, options.method) {
+            Some((source, len)) => {
+                files.push(if len < entry.length {
+                    FileState::Short { len }
+                } else {
+                    FileState::Present
+                });
+                sources.push(source);
+            }
+            None => {
+                files.push(FileState::Missing);
+                sources.push(Source::Missing);
+            }
+        }
+    }
+
+    let pieces: Vec<u32> = match only {
+        Some(set) => set.iter_ones().filter(|&p| p < layout.piece_count()).collect(),
+        None => (0..layout.piece_count()).collect(),
+    };
+    let run = (CHECK_RUN_BYTES / layout.piece_length() as u64).max(1) as usize;
+    let next = AtomicUsize::new(0);
+    let errors = Mutex::new((Vec::new(), 0usize));
+    let threads = options.threads.clamp(1, 256).min(pieces.len().max(1));
+    let results: Vec<Vec<(u32, bool, bool)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = Vec::with_capacity(layout.piece_length() as usize);
+                    let mut out = Vec::new();
+                    loop {
+                        let start = next.fetch_add(run, Ordering::Relaxed);
+                        if start >= pieces.len() {
+                            return out;
+                        }
+                        for &index in &pieces[start..(start + run).min(pieces.len())] {
+                            let outcome = check_piece(
+                                info,
+                                &layout,
+                                &sources,
+                                index,
+                                options.method,
+                                &mut buf,
+                            );
+                            let (ok, corrupt) = match outcome {
+                                Outcome::Ok => (true, false),
+                                Outcome::Corrupt => (false, true),
+                                Outcome::Missing => (false, false),
+                                Outcome::Unreadable(msg) => {
+                                    let mut e = errors.lock().unwrap_or_else(|e| e.into_inner());
+                                    e.1 += 1;
+                                    if e.0.len() < CHECK_ERRORS_MAX {
+                                        e.0.push(msg);
+                                    }
+                                    (false, false)
+                                }
+                            };
+                            out.push((index, ok, corrupt));
+                            on_piece(index);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("check worker panicked")).collect()
+    });
+
+    let count = layout.piece_count();
+    let mut report = CheckReport {
+        have: Bitfield::new(count),
+        missing: Bitfield::new(count),
+        corrupt: Bitfield::new(count),
+        checked: pieces.len() as u32,
+        files,
+        read_errors: Vec::new(),
+        read_error_count: 0,
+    };
+    for (index, ok, corrupt) in results.into_iter().flatten() {
+        if ok {
+            report.have.set(index);
+        } else if corrupt {
+            report.corrupt.set(index);
+        } else {
+            report.missing.set(index);
+        }
+    }
+    let (msgs, n) = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.read_errors = msgs;
+    report.read_error_count = n;
+    Ok(report)
+}
+
+fn open_source(path: &PathBuf, want: u64, method: ReadMethod) -> Option<(Source, u64)> {
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let len = meta.len();
+    let map = if method == ReadMethod::Mmap && len > 0 {
+        // Map only the bytes the torrent covers (and that exist).
+        let map_len = len.min(want) as usize;
+        // SAFETY: a read-only shared mapping of a regular file; we only
+        // read it. If another process truncates the file while we hash,
+        // reads past the new end raise SIGBUS: recheck is run on data at
+        // rest, and `ReadMethod::Pread` exists for data that is not.
+        let map = unsafe { MmapOptions::new().len(map_len).map(&file) };
+        match map {
+            Ok(m) => {
+                let _ = m.advise(Advice::Sequential);
+                Some(m)
+            }
+            Err(_) => None, // fall back to pread for this file
+        }
+    } else {
+        None
+    };
+    Some((Source::File { file, len, map }, len))
+}
+
+static ZEROS: [u8; 16384] = [0; 16384];
+
+fn check_piece(
+    info: &Info,
+    layout: &Layout,
+    sources: &[Source],
+    index: u32,
+    method: ReadMethod,
+    buf: &mut Vec<u8>,
+) -> Outcome {
+    let mut hasher = Sha1::new();
+    for span in layout.piece_spans(index) {
+        let end = span.file_offset + span.len as u64;
+        match &sources[span.file_index] {
+            Source::Pad => {
+                let mut left = span.len as usize;
+                while left > 0 {
+                    let n = left.min(ZEROS.len());
+                    hasher.update(&ZEROS[..n]);
+                    left -= n;
+                }
+            }
+            Source::Missing => return Outcome::Missing,
+            Source::File { len, .. } if *len < end => return Outcome::Missing,
+            Source::File { file, map, .. } => match (map, method) {
+                (Some(map), ReadMethod::Mmap) => {
+                    hasher.update(&map[span.file_offset as usize..end as usize]);
+                }
+                _ => {
+                    buf.clear();
+                    buf.resize(span.len as usize, 0);
+                    if let Err(e) = file.read_exact_at(buf, span.file_offset) {
+                        let path = file_path(Path::new(""), &info.files[span.file_index].path);
+                        return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            Outcome::Missing
+                        } else {
+                            Outcome::Unreadable(format!("{}: {e}", path.display()))
+                        };
+                    }
+                    hasher.update(&buf[..]);
+                }
+            },
+        }
+    }
+    let digest: [u8; 20] = hasher.finalize().into();
+    if digest == info.pieces[index as usize] {
+        Outcome::Ok
+    } else {
+        Outcome::Corrupt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::FileEntry;
+
+    fn make(dir: &Path, piece_length: u32, files: &[(&str, usize, bool)]) -> (Info, Vec<u8>) {
+        let mut stream = Vec::new();
+        let mut entries = Vec::new();
+        for (i, &(name, len, pad)) in files.iter().enumerate() {
+            let bytes: Vec<u8> =
+                if pad { vec![0; len] } else { (0..len).map(|j| (j * 13 + i * 7) as u8).collect() };
+            if !pad {
+                let p = dir.join("t").join(name);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, &bytes).unwrap();
+            }
+            entries.push(FileEntry {
+                path: vec!["t".into(), name.into()],
+                length: len as u64,
+                offset: stream.len() as u64,
+                pad,
+            });
+            stream.extend_from_slice(&bytes);
+        }
+        let pieces =
+            stream.chunks(piece_length as usize).map(crate::hash::sha1).collect::<Vec<_>>();
+        let info = Info {
+            name: "t".into(),
+            piece_length,
+            pieces,
+            files: entries,
+            total_length: stream.len() as u64,
+            private: false,
+            multi_file: true,
+            source: None,
+        };
+        (info, stream)
+    }
+
+    #[test]
+    fn complete_corrupt_missing_and_short() {
+        for method in [ReadMethod::Mmap, ReadMethod::Pread] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = [
+                ("a", 100, false),
+                ("p", 28, true),
+                ("e", 0, false),
+                ("b", 64, false),
+                ("c", 70, false),
+            ];
+            let (info, _) = make(dir.path(), 32, &files);
+            let opts = CheckOptions { threads: 2, method };
+            let r = recheck(&info, dir.path(), None, opts, &|_| {}).unwrap();
+            assert!(r.have.is_full(), "{method:?}");
+            assert_eq!(r.files[1], FileState::Pad);
+
+            // Corrupt one byte of b (stream offset 128 + 40 = 168: piece 5).
+            let b = dir.path().join("t/b");
+            let mut bytes = std::fs::read(&b).unwrap();
+            bytes[40] ^= 1;
+            std::fs::write(&b, &bytes).unwrap();
+            // Truncate c to 10 bytes (stream 192..262 -> pieces 6..=8; piece 6
+            // holds c[0..32], so all of 6, 7, 8 need missing bytes).
+            std::fs::write(dir.path().join("t/c"), &[0u8; 10][..]).unwrap();
+            // Remove a: pieces 0..=3 need its bytes.
+            std::fs::remove_file(dir.path().join("t/a")).unwrap();
+            let r = recheck(&info, dir.path(), None, opts, &|_| {}).unwrap();
+            assert_eq!(r.corrupt.iter_ones().collect::<Vec<_>>(), vec![5]);
+            assert_eq!(r.missing.iter_ones().collect::<Vec<_>>(), vec![0, 1, 2, 3, 6, 7, 8]);
+            assert_eq!(r.have.iter_ones().collect::<Vec<_>>(), vec![4]);
+            assert_eq!(r.files[0], FileState::Missing);
+            assert_eq!(r.files[4], FileState::Short { len: 10 });
+            assert_eq!(r.checked, 9);
+
+            let mut only = Bitfield::new(9);
+            only.set(4);
+            only.set(5);
+            let r = recheck(&info, dir.path(), Some(&only), opts, &|_| {}).unwrap();
+            assert_eq!(r.checked, 2);
+            assert_eq!(r.have.iter_ones().collect::<Vec<_>>(), vec![4]);
+            assert_eq!(r.corrupt.iter_ones().collect::<Vec<_>>(), vec![5]);
+            assert_eq!(r.missing.count(), 0);
+        }
+    }
+}

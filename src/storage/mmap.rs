@@ -1,0 +1,123 @@
+//! The mmap backend: one shared read-write mapping per (non-empty, non-pad)
+//! file. The only place ringbit maps writable files.
+//!
+//! Layer: driver. Files are mapped only after `fallocate` reserved all their
+//! blocks ([`super::open_files`] with `Allocation::Full`): a store through a
+//! mapping of a sparse file on a full disk raises SIGBUS and kills the
+//! process, so that case must fail at open instead. The mapping's length is
+//! the file's length from the layout and never changes while mapped.
+//!
+//! Remaining hazard, documented rather than handled: another process
+//! truncating a mapped file makes accesses past its new end raise SIGBUS.
+
+use super::{check_block, check_piece, OpenFile, StorageError};
+use crate::layout::Layout;
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+struct Mapped {
+    file: OpenFile,
+    map: MmapRaw,
+}
+
+/// Mapped files, addressed through the layout.
+pub struct MmapStore {
+    layout: Layout,
+    files: Vec<Option<Mapped>>,
+}
+
+impl MmapStore {
+    pub(crate) fn new(
+        layout: Layout,
+        files: Vec<Option<OpenFile>>,
+    ) -> Result<MmapStore, StorageError> {
+        let mut mapped = Vec::with_capacity(files.len());
+        for f in files {
+            match f {
+                Some(f) if f.length > 0 => {
+                    let map = MmapOptions::new()
+                        .len(f.length as usize)
+                        .map_raw(&f.file)
+                        .map_err(|e| StorageError::io(&f.path, "mmap", e, 0))?;
+                    // Peers ask for blocks in any order and pieces arrive in
+                    // any order: kernel readahead around each fault mostly
+                    // reads pages nobody asked for yet.
+                    let _ = map.advise(Advice::Random);
+                    mapped.push(Some(Mapped { file: f, map }));
+                }
+                // Pad files are not on disk; zero-length files hold no bytes.
+                _ => mapped.push(None),
+            }
+        }
+        Ok(MmapStore { layout, files: mapped })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
+        check_piece(&self.layout, index, data.len())?;
+        for span in self.layout.piece_spans(index) {
+            if span.pad {
+                continue;
+            }
+            let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
+            let src = &data[span.piece_offset as usize..][..span.len as usize];
+            assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
+            // SAFETY: the range [file_offset, file_offset + len) lies inside
+            // the mapping (asserted above; the layout guarantees it), the
+            // mapping is alive for `&self`, its file was fully allocated by
+            // fallocate before mapping (no SIGBUS on a full disk), and `src`
+            // is a separate heap buffer so the ranges cannot overlap. The
+            // engine writes each piece once and never reads a piece while
+            // writing it, so no other access races with this copy.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    m.map.as_mut_ptr().add(span.file_offset as usize),
+                    src.len(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read_block(
+        &self,
+        index: u32,
+        begin: u32,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, StorageError> {
+        check_block(&self.layout, index, begin, len)?;
+        buf.clear();
+        buf.resize(len as usize, 0);
+        for span in self.layout.block_spans(index, begin, len) {
+            let out = &mut buf[(span.piece_offset - begin) as usize..][..span.len as usize];
+            if span.pad {
+                out.fill(0);
+                continue;
+            }
+            let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
+            assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
+            // SAFETY: in bounds of the live mapping (asserted above); `out` is
+            // our own buffer, distinct from the mapping; blocks are read only
+            // from verified pieces, which are never written again.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    m.map.as_ptr().add(span.file_offset as usize),
+                    out.as_mut_ptr(),
+                    out.len(),
+                );
+            }
+        }
+        Ok(len as usize)
+    }
+
+    pub fn flush(&self) -> Result<(), StorageError> {
+        for m in self.files.iter().flatten() {
+            m.map.flush().map_err(|e| StorageError::io(&m.file.path, "msync", e, 0))?;
+        }
+        Ok(())
+    }
+}

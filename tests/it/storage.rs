@@ -1,0 +1,310 @@
+//! Storage: full-disk behaviour of every backend on a small tmpfs the test
+//! mounts, `ringbit verify` against torrents made by libtorrent, and resume
+//! state.
+
+use crate::helpers::*;
+use ringbit::bitfield::Bitfield;
+use ringbit::metainfo::{FileEntry, Info};
+use ringbit::storage::{Allocation, Backend, PieceStore, StorageError, StoreOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A size-limited tmpfs mounted on a temp dir, unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs failed (these tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+const PIECE: u32 = 256 << 10;
+
+fn single_file_info(len: u64) -> Info {
+    Info {
+        name: "big".into(),
+        piece_length: PIECE,
+        pieces: vec![[0; 20]; len.div_ceil(PIECE as u64) as usize],
+        files: vec![FileEntry { path: vec!["big".into()], length: len, offset: 0, pad: false }],
+        total_length: len,
+        private: false,
+        multi_file: false,
+        source: None,
+    }
+}
+
+fn piece_bytes(i: u32) -> Vec<u8> {
+    payload_bytes(PIECE as usize, i as u64 + 100)
+}
+
+/// Runs `f` on the backend's natural executor: a tokio-uring runtime for
+/// `Uring`, a plain current-thread runtime for the sync backends.
+fn run_on<F: std::future::Future>(backend: Backend, f: F) -> F::Output {
+    if backend == Backend::Uring {
+        tokio_uring::start(f)
+    } else {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+}
+
+/// Goal: a torrent larger than the disk fails at open, as a typed error, for
+/// every backend with full allocation (the mmap backend never maps it).
+#[test]
+fn full_disk_at_open_is_a_typed_error_for_every_backend() {
+    for backend in [Backend::Mmap, Backend::Pwrite, Backend::Uring] {
+        let fs = SmallFs::mount("2m");
+        let info = single_file_info(4 << 20);
+        let r = run_on(backend, async {
+            PieceStore::open(&info, fs.path(), StoreOptions { backend, allocation: Allocation::Full })
+                .map(|_| ())
+        });
+        match r {
+            Err(e @ StorageError::DiskFull { .. }) => {
+                assert!(e.to_string().contains("no space left"), "{e}")
+            }
+            other => panic!("{backend:?}: expected DiskFull, got {other:?}"),
+        }
+    }
+}
+
+/// Goal: the mmap backend on a disk that is already full and a sparse file of
+/// the right length already there: fallocate fails, the file is never mapped
+/// (a store through that mapping would raise SIGBUS and kill the process).
+#[test]
+fn mmap_never_maps_a_sparse_file_on_a_full_disk() {
+    let fs = SmallFs::mount("2m");
+    let info = single_file_info(1 << 20);
+    std::fs::File::create(fs.path().join("big")).unwrap().set_len(1 << 20).unwrap();
+    // Fill the disk with another file until it refuses more.
+    let filler = payload_bytes(64 << 10, 9);
+    let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
+    use std::io::Write;
+    for _ in 0..64 {
+        if f.write_all(&filler).is_err() {
+            break;
+        }
+    }
+    let r = PieceStore::open(
+        &info,
+        fs.path(),
+        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full },
+    );
+    assert!(matches!(r, Err(StorageError::DiskFull { .. })), "{:?}", r.err());
+}
+
+/// Goal: with sparse allocation, the write that hits a full disk is a typed
+/// error; every piece written before it reads back intact, and after it.
+#[test]
+fn full_disk_mid_download_keeps_written_pieces() {
+    for backend in [Backend::Pwrite, Backend::Uring] {
+        let fs = SmallFs::mount("2m");
+        let info = single_file_info(4 << 20);
+        let written: Vec<u32> = run_on(backend, async {
+            let store = PieceStore::open(
+                &info,
+                fs.path(),
+                StoreOptions { backend, allocation: Allocation::Sparse },
+            )
+            .unwrap();
+            let mut ok = Vec::new();
+            let mut failed = false;
+            for i in 0..store.layout().piece_count() {
+                let (r, _) = store.write_piece(i, piece_bytes(i)).await;
+                match r {
+                    Ok(()) => ok.push(i),
+                    Err(e) => {
+                        assert!(e.is_disk_full(), "{backend:?}: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "{backend:?}: 4 MiB fit on a 2 MiB tmpfs?");
+            assert!(!ok.is_empty());
+            // The store still serves what it has.
+            for &i in &ok {
+                let (r, buf) = store.read_block(i, 16384, 16384, Vec::new()).await;
+                assert_eq!(r.unwrap(), 16384);
+                assert_eq!(buf, &piece_bytes(i)[16384..32768]);
+            }
+            ok
+        });
+        // And the bytes are on disk after the store is gone.
+        let data = std::fs::read(fs.path().join("big")).unwrap();
+        for i in written {
+            let s = i as usize * PIECE as usize;
+            assert!(data[s..s + PIECE as usize] == piece_bytes(i)[..], "{backend:?} piece {i}");
+        }
+    }
+}
+
+/// Goal: a preallocated mmap store keeps working when the rest of the disk
+/// fills up (its blocks were reserved), so no SIGBUS mid-download.
+#[test]
+fn mmap_preallocated_survives_disk_filling_up() {
+    let fs = SmallFs::mount("2m");
+    let info = single_file_info(1 << 20);
+    let store = PieceStore::open(
+        &info,
+        fs.path(),
+        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full },
+    )
+    .unwrap();
+    let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
+    use std::io::Write;
+    let chunk = vec![1u8; 64 << 10];
+    let mut filled = false;
+    for _ in 0..64 {
+        if f.write_all(&chunk).is_err() {
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "the filler never hit the size limit");
+    for i in 0..store.layout().piece_count() {
+        store.write_piece_sync(i, &piece_bytes(i)).unwrap();
+    }
+    run_on(Backend::Mmap, store.flush()).unwrap();
+    let mut buf = Vec::new();
+    store.read_block_sync(3, 0, PIECE, &mut buf).unwrap();
+    assert_eq!(buf, piece_bytes(3));
+    let _ = Bitfield::new(1);
+}
+
+// ---------------------------------------------------------------------------
+// `ringbit verify`
+
+fn lt_create(src: &Path, out: &Path, piece_length: u32) {
+    run_ok(
+        lt_tool()
+            .arg("create")
+            .arg(src)
+            .arg(out)
+            .args(["--piece-length", &piece_length.to_string()]),
+        Duration::from_secs(60),
+    );
+}
+
+/// A multi-file torrent made by libtorrent over test data: returns (data dir,
+/// torrent path).
+fn lt_torrent(root: &Path) -> (PathBuf, PathBuf) {
+    let data = root.join("data");
+    write_payload(
+        &data,
+        &[
+            ("set/a.bin", 300_000),
+            ("set/sub/b.bin", 65_536),
+            ("set/empty", 0),
+            ("set/c.bin", 1_000_001),
+        ],
+    );
+    let torrent = root.join("set.torrent");
+    lt_create(&data.join("set"), &torrent, 32768);
+    (data, torrent)
+}
+
+fn verify(torrent: &Path, data: &Path, json: bool) -> (i32, String, String) {
+    let mut cmd = ringbit();
+    cmd.arg("verify").arg(torrent).arg(data);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = run_bounded(&mut cmd, Duration::from_secs(60));
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Goal: verify passes complete data made by libtorrent, exit 0.
+#[test]
+fn verify_complete_exits_0() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, torrent) = lt_torrent(root.path());
+    let (code, out, err) = verify(&torrent, &data, false);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("complete"), "{out}");
+    let (code, out, _) = verify(&torrent, &data, true);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["pieces"]["total"], v["pieces"]["have"]);
+    assert_eq!(v["pieces"]["corrupt"].as_array().unwrap().len(), 0);
+    assert_eq!(v["files"].as_array().unwrap().len(), 4);
+}
+
+/// Goal: one flipped byte is reported as that piece, corrupt; exit 1.
+#[test]
+fn verify_one_corrupt_byte_reports_its_piece() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, torrent) = lt_torrent(root.path());
+    // libtorrent orders files by path: find where c.bin starts from the info
+    // ringbit reports, then flip a byte 100_000 bytes into it.
+    let (_, out, _) = verify(&torrent, &data, true);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let c = files.iter().find(|f| f["path"].as_str().unwrap().ends_with("c.bin")).unwrap();
+    let offset = c["offset"].as_u64().unwrap() + 100_000;
+    let expected_piece = offset / 32768;
+    let path = data.join("set/c.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100_000] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (code, out, _) = verify(&torrent, &data, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("corrupt pieces: {expected_piece}")), "{out}");
+    let (code, out, _) = verify(&torrent, &data, true);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["pieces"]["corrupt"], serde_json::json!([expected_piece]));
+    assert_eq!(v["pieces"]["missing"].as_array().unwrap().len(), 0);
+}
+
+/// Goal: a missing file is reported missing (not corrupt), with its pieces.
+#[test]
+fn verify_missing_file_is_reported_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, torrent) = lt_torrent(root.path());
+    std::fs::remove_file(data.join("set/sub/b.bin")).unwrap();
+    let (code, out, _) = verify(&torrent, &data, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("missing"), "{out}");
+    let (code, out, _) = verify(&torrent, &data, true);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let b = files.iter().find(|f| f["path"].as_str().unwrap().ends_with("b.bin")).unwrap();
+    assert_eq!(b["state"], "missing");
+    assert_eq!(b["bytes_complete"], 0);
+    assert!(!v["pieces"]["missing"].as_array().unwrap().is_empty());
+    assert_eq!(v["pieces"]["corrupt"].as_array().unwrap().len(), 0);
+    let a = files.iter().find(|f| f["path"].as_str().unwrap().ends_with("a.bin")).unwrap();
+    assert_eq!(a["state"], "present");
+}
