@@ -123,13 +123,7 @@ impl HttpTracker {
 /// The error and its causes on one line, without the request URL (it holds
 /// our peer id and is long).
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_redirect() {
-        "redirect failed".to_string()
-    } else if error.is_connect() {
-        "connect failed".to_string()
-    } else {
-        text_without_url(error)
-    };
+    let mut text = text_without_url(error);
     let mut source = std::error::Error::source(error);
     let mut depth = 0;
     while let Some(cause) = source {

@@ -69,7 +69,7 @@ pub enum UdpTrackerError {
     NoReply { sends: u32, waited_ms: u64, wrong_transaction_ids: u32 },
     #[error("tracker error: {0}")]
     Tracker(String),
-    #[error("malformed reply: {0}")]
+    #[error("{0}")]
     Malformed(#[from] UdpError),
     #[error("unexpected reply: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: &'static str },
