@@ -1,5 +1,9 @@
 //! Network drivers: peer connections, the listener, tracker transports.
 //!
-//! Layer: driver. Only `peer_io` touches io_uring sockets.
+//! Layer: driver. Only `peer_io` touches io_uring sockets; the tracker
+//! transports run on the tracker thread's ordinary tokio runtime.
 
 pub mod peer_io;
+pub mod tracker_http;
+pub mod tracker_udp;
+pub mod trackers;
