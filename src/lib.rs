@@ -20,6 +20,7 @@
 
 pub mod bencode;
 pub mod bitfield;
+pub mod choker;
 pub mod cli;
 pub mod config;
 pub mod create;
