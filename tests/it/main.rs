@@ -8,3 +8,6 @@
 mod helpers;
 
 mod foundation;
+mod peers;
+
+mod peer_harness_selftest;
