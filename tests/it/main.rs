@@ -8,4 +8,6 @@
 mod helpers;
 
 mod foundation;
+mod peer_harness_selftest;
+mod peers;
 mod storage;

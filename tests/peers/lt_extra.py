@@ -1,0 +1,166 @@
+#!/usr/bin/python3
+"""libtorrent as a long-lived, controllable seeder for the peer harness
+(tests/it/peers.rs) and the swarm benchmark (scripts/bench-swarm.py).
+
+tests/peers/lt_tool.py is shared and kept small; this file adds what a harness
+needs from a seeder: commands on stdin while it runs, announce events, and
+upload timing measured at the seeder. Run with Debian's interpreter:
+
+  /usr/bin/python3 tests/peers/lt_extra.py seed TORRENT SAVE_PATH --port P [--peer H:P]...
+
+Output: one JSON object per line on stdout ("event" names the kind):
+  {"event":"listening","port":P}                  ready: the torrent is added in seed_mode
+  {"event":"announced","url":U,"peers":N}         a tracker answered
+  {"event":"announce_error","url":U,"msg":M}      a tracker failed
+  {"event":"stats","uploaded":B,"peers":N}        answer to "stats"
+  {"event":"watch_done","bytes":B,"first":T0,"last":T1,"timeout":bool}
+                                                  answer to "watch B": T0 is when the
+                                                  payload upload counter first grew
+                                                  after the command, T1 when it had
+                                                  grown by B; time.monotonic() seconds
+                                                  (CLOCK_MONOTONIC, comparable across
+                                                  processes)
+  {"event":"error","msg":M}                       a command it could not parse
+
+Commands on stdin, one per line:
+  connect HOST:PORT    dial a peer (libtorrent's connect_peer)
+  reannounce           announce to every tracker now, ignoring the min interval
+  stats                print a stats event
+  watch BYTES          start timing the next BYTES of payload upload
+  quit                 exit 0
+End of stdin also exits, so a seeder never outlives the test that started it.
+Every wait is bounded: --timeout (seconds) ends the process whatever happens.
+"""
+import argparse
+import json
+import os
+import select
+import sys
+import time
+
+import libtorrent as lt
+
+# How often the upload counter is sampled while a watch runs: the error on a
+# measured transfer time is at most two periods.
+WATCH_POLL_S = 0.01
+# How long one watch may run before it reports a timeout.
+WATCH_LIMIT_S = 600.0
+# Longest command line accepted on stdin.
+MAX_COMMAND_BYTES = 4096
+
+
+def session(port):
+    # The same loopback settings as lt_tool.py (see /work/shared/PEERS.md).
+    return lt.session({
+        "listen_interfaces": "127.0.0.1:%d" % port,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "out_enc_policy": 2,  # disabled: plaintext handshakes
+        "in_enc_policy": 1,  # enabled: accept either
+        "alert_mask": lt.alert.category_t.status_notification
+        | lt.alert.category_t.tracker_notification
+        | lt.alert.category_t.error_notification,
+        "user_agent": "lt_extra",
+    })
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def parse_peer(text):
+    host, port = text.rsplit(":", 1)
+    return (host.strip("[]"), int(port))
+
+
+def cmd_seed(a):
+    ses = session(a.port)
+    p = lt.add_torrent_params()
+    p.ti = lt.torrent_info(a.torrent)
+    p.save_path = a.save_path
+    p.flags |= lt.torrent_flags.seed_mode
+    p.flags &= ~lt.torrent_flags.auto_managed
+    p.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(p)
+    for peer in a.peer or []:
+        h.connect_peer(parse_peer(peer))
+    emit({"event": "listening", "port": ses.listen_port()})
+
+    deadline = time.monotonic() + a.timeout
+    stdin = sys.stdin.buffer
+    pending = b""
+    watch = None  # (bytes wanted, counter at start, first growth time or None, started at)
+    while time.monotonic() < deadline:
+        wait_s = WATCH_POLL_S if watch else 0.2
+        readable, _, _ = select.select([stdin], [], [], wait_s)
+        if readable:
+            chunk = os.read(stdin.fileno(), MAX_COMMAND_BYTES)
+            if not chunk:
+                return 0  # the test that owns us is gone
+            pending += chunk
+            if len(pending) > MAX_COMMAND_BYTES and b"\n" not in pending:
+                emit({"event": "error", "msg": "command line too long"})
+                pending = b""
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                words = line.decode("utf-8", "replace").split()
+                if not words:
+                    continue
+                try:
+                    if words[0] == "connect" and len(words) == 2:
+                        h.connect_peer(parse_peer(words[1]))
+                    elif words[0] == "reannounce":
+                        h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+                    elif words[0] == "stats":
+                        st = h.status()
+                        emit({"event": "stats", "uploaded": st.total_payload_upload,
+                              "peers": st.num_peers})
+                    elif words[0] == "watch" and len(words) == 2:
+                        watch = (int(words[1]), h.status().total_payload_upload, None,
+                                 time.monotonic())
+                    elif words[0] == "quit":
+                        return 0
+                    else:
+                        emit({"event": "error", "msg": "unknown command: %s" % line[:80]})
+                except (ValueError, RuntimeError) as e:
+                    emit({"event": "error", "msg": str(e)})
+        for al in ses.pop_alerts():
+            if isinstance(al, lt.tracker_reply_alert):
+                emit({"event": "announced", "url": al.tracker_url(), "peers": al.num_peers})
+            elif isinstance(al, lt.tracker_error_alert):
+                emit({"event": "announce_error", "url": al.tracker_url(), "msg": al.message()})
+        if watch:
+            want, base, first, started = watch
+            now = time.monotonic()
+            sent = h.status().total_payload_upload - base
+            if first is None and sent > 0:
+                first = now
+                watch = (want, base, first, started)
+            if sent >= want or now - started > WATCH_LIMIT_S:
+                emit({"event": "watch_done", "bytes": sent, "first": first, "last": now,
+                      "timeout": sent < want})
+                watch = None
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("seed")
+    s.add_argument("torrent")
+    s.add_argument("save_path")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--peer", action="append")
+    s.add_argument("--timeout", type=float, default=3600.0)
+    a = ap.parse_args()
+    sys.exit(cmd_seed(a) or 0)
+
+
+if __name__ == "__main__":
+    main()
