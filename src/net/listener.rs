@@ -1,0 +1,270 @@
+//! The incoming peer listener: accepts connections, reads each one's 68-byte
+//! handshake, and hands the connection to whoever owns the torrent.
+//!
+//! Layer: driver. Runs on its own thread with an ordinary current-thread tokio
+//! runtime, not on a shard: tokio-uring's runtime hangs on drop while an
+//! `accept` is outstanding, and a shard must never wait on strangers. The
+//! session passes a `route` callback that sends the connection to the shard
+//! that owns `handshake.info_hash`; this module knows nothing of shards.
+//!
+//! Invariants:
+//! * at most `max_pending_handshakes` handshakes are being read at once;
+//!   connections past that are closed at once (a flood costs nothing);
+//! * a handshake that does not arrive within `handshake_timeout` closes the
+//!   connection; the timeout is on the handshake, and the socket is handed
+//!   over only after the read completed, so no read is ever left in flight;
+//! * [`Listener::shutdown`] stops accepting and joins the thread.
+
+use crate::wire::{decode_handshake, Handshake, HandshakeDecoded, HANDSHAKE_LEN};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, Semaphore};
+
+/// The kernel's accept backlog for each listening socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A connection whose handshake arrived: for the torrent's shard.
+#[derive(Debug)]
+pub struct IncomingPeer {
+    /// Blocking-mode std socket, ready for adoption by a shard's ring.
+    pub stream: std::net::TcpStream,
+    pub addr: SocketAddr,
+    pub handshake: Handshake,
+}
+
+/// Where accepted connections go. Returns false when nobody wants it (the
+/// connection is then closed).
+pub type Route = Box<dyn Fn(IncomingPeer) -> bool + Send + Sync>;
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no address to listen on")]
+    NoAddress,
+    #[error("cannot start the listener thread: {0}")]
+    Start(std::io::Error),
+}
+
+/// Settings of the listener.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    /// IPs to listen on, all with the same port.
+    pub ips: Vec<IpAddr>,
+    /// 0 picks a free port (the same one for every IP).
+    pub port: u16,
+    pub max_pending_handshakes: usize,
+    pub handshake_timeout: Duration,
+}
+
+/// The running listener.
+pub struct Listener {
+    port: u16,
+    shutdown: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // One socket per family, so [::] does not also claim IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl Listener {
+    /// Binds every IP (the first fixes the port when `port` is 0) and starts
+    /// accepting. An IPv6 address that cannot be bound (no IPv6 on the host)
+    /// is skipped with a warning when another address is bound.
+    pub fn start(config: ListenConfig, route: Route) -> Result<Listener, ListenError> {
+        let mut port = config.port;
+        let mut sockets = Vec::new();
+        for ip in &config.ips {
+            let addr = SocketAddr::new(*ip, port);
+            match bind(addr) {
+                Ok(socket) => {
+                    port = socket.local_addr().map_err(ListenError::Start)?.port();
+                    sockets.push(socket);
+                }
+                Err(source) if ip.is_ipv6() && !config.ips.iter().all(|i| i.is_ipv6()) => {
+                    tracing::warn!(%addr, %source, "not listening on IPv6");
+                }
+                Err(source) => return Err(ListenError::Bind { addr, source }),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(ListenError::NoAddress);
+        }
+        let shutdown = Arc::new(Notify::new());
+        let stop = shutdown.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ListenError::Start)?;
+        let thread = std::thread::Builder::new()
+            .name("ringbit-listener".into())
+            .spawn(move || {
+                runtime.block_on(accept_all(sockets, config, Arc::new(route), stop));
+            })
+            .map_err(ListenError::Start)?;
+        Ok(Listener { port, shutdown, thread: Some(thread) })
+    }
+
+    /// The port every address listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops accepting and joins the thread (pending handshakes are dropped).
+    pub fn shutdown(&mut self) {
+        self.shutdown.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_all(
+    sockets: Vec<std::net::TcpListener>,
+    config: ListenConfig,
+    route: Arc<Route>,
+    stop: Arc<Notify>,
+) {
+    let pending = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for socket in sockets {
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(%error, "listener socket");
+                continue;
+            }
+        };
+        let pending = pending.clone();
+        let route = route.clone();
+        let timeout = config.handshake_timeout;
+        tasks.spawn(async move {
+            loop {
+                let (stream, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(%addr, "too many pending handshakes: closed");
+                    continue;
+                };
+                let route = route.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match read_handshake(stream, timeout).await {
+                        Ok((stream, handshake)) => {
+                            if !route(IncomingPeer { stream, addr, handshake }) {
+                                tracing::debug!(%addr, "no torrent for handshake");
+                            }
+                        }
+                        Err(reason) => tracing::debug!(%addr, reason, "handshake failed"),
+                    }
+                });
+            }
+        });
+    }
+    stop.notified().await;
+    tasks.shutdown().await;
+}
+
+async fn read_handshake(
+    mut stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<(std::net::TcpStream, Handshake), String> {
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await {
+        Err(_) => return Err(format!("no handshake within {timeout:?}")),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(_)) => {}
+    }
+    let handshake = match decode_handshake(&buf) {
+        Ok(HandshakeDecoded::Done(h)) => h,
+        Ok(HandshakeDecoded::NeedMore(_)) => return Err("short handshake".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let stream = stream.into_std().map_err(|e| e.to_string())?;
+    // io_uring reads and writes on the shard expect a blocking-mode socket.
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    Ok((stream, handshake))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::InfoHash;
+    use crate::wire::PeerId;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[test]
+    fn routes_complete_handshakes_and_drops_the_rest() {
+        let got: Arc<Mutex<Vec<IncomingPeer>>> = Arc::default();
+        let sink = got.clone();
+        let mut listener = Listener::start(
+            ListenConfig {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                port: 0,
+                max_pending_handshakes: 4,
+                handshake_timeout: Duration::from_millis(300),
+            },
+            Box::new(move |peer| {
+                sink.lock().unwrap().push(peer);
+                true
+            }),
+        )
+        .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], listener.port()));
+        // A good handshake followed by the first message.
+        let hs = Handshake::ours(InfoHash([9; 20]), PeerId::ours([1; 12]));
+        let mut good = std::net::TcpStream::connect(addr).unwrap();
+        good.write_all(&hs.to_bytes()).unwrap();
+        good.write_all(&[0, 0, 0, 1, 2]).unwrap();
+        // Garbage, and a silent peer that must time out.
+        let mut bad = std::net::TcpStream::connect(addr).unwrap();
+        bad.write_all(&[0xff; 68]).unwrap();
+        let _silent = std::net::TcpStream::connect(addr).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = got.lock().unwrap();
+        assert_eq!(got.len(), 1, "only the good handshake is routed");
+        assert_eq!(got[0].handshake.info_hash, InfoHash([9; 20]));
+        // The bytes after the handshake are still in the socket for the shard.
+        let mut next = [0u8; 5];
+        std::io::Read::read_exact(&mut got[0].stream, &mut next).unwrap();
+        assert_eq!(next, [0, 0, 0, 1, 2]);
+        drop(got);
+        listener.shutdown();
+    }
+}
