@@ -1,4 +1,252 @@
-//! Session: add and remove torrents, route them to `shard_of(info_hash)`,
-//! statistics and shutdown.
+//! Session: starts the shards, the hash pool, the tracker subsystem and the
+//! listener; adds and removes torrents, routing each to
+//! `shard_of(info_hash)`; shuts everything down in order.
 //!
-//! Layer: driver (top).
+//! Layer: driver (top). Runs on the caller's thread and never on a shard; every
+//! call here returns once the owning shard answered.
+//!
+//! Shutdown order: trackers announce `stopped` (bounded), the listener stops
+//! accepting, every shard stops its torrents (connections closed, storage
+//! flushed), then the hash pool's workers are joined.
+
+use crate::bitfield::Bitfield;
+use crate::config::Config;
+use crate::hash::HashPool;
+use crate::metainfo::{InfoHash, Metainfo};
+use crate::net::listener::{ListenConfig, ListenError, Listener};
+use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::shard::engine::{TorrentSpec, TorrentStatus};
+use crate::shard::{ShardCommand, ShardError, ShardInit, ShardSet};
+use crate::storage::StoreOptions;
+use crate::torrent::TorrentConfig;
+use crate::wire::PeerId;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Peer batches queued from the trackers to one shard at most.
+pub const PEER_BATCH_QUEUE: usize = 256;
+
+/// Why the session or a torrent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Shards(#[from] ShardError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("tracker subsystem: {0}")]
+    Trackers(#[from] TrackersError),
+    #[error("cannot start hash workers: {0}")]
+    HashPool(std::io::Error),
+    #[error("torrent {0} is already in the session")]
+    Duplicate(InfoHash),
+    #[error("torrent {info_hash}: {reason}")]
+    Torrent { info_hash: InfoHash, reason: String },
+}
+
+/// Session-level settings beyond [`Config`].
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub config: Config,
+    /// IPs the listener binds (default `0.0.0.0` and `::`).
+    pub listen_ips: Vec<IpAddr>,
+    /// Announce to trackers (off for `--peer`-only runs and tests).
+    pub trackers: bool,
+    /// Tracker settings (peer id and timeouts); `None` for defaults.
+    pub tracker_config: Option<TrackerConfig>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        SessionOptions {
+            config: Config::default(),
+            listen_ips: vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])],
+            trackers: true,
+            tracker_config: None,
+        }
+    }
+}
+
+/// A torrent to add.
+pub struct AddTorrent {
+    pub metainfo: Arc<Metainfo>,
+    pub download_dir: PathBuf,
+    /// Pieces already verified on disk.
+    pub have: Bitfield,
+    /// Pieces to download (all for a whole torrent; see `picker::wanted_pieces`).
+    pub wanted: Bitfield,
+    pub store_options: StoreOptions,
+    /// Peers to dial besides the trackers' (`--peer`).
+    pub peers: Vec<SocketAddr>,
+}
+
+/// The running engine.
+pub struct Session {
+    config: Arc<Config>,
+    shards: ShardSet,
+    listener: Listener,
+    trackers: Option<TrackerHandle>,
+    peer_id: PeerId,
+    torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
+    _hash_pool: Arc<HashPool>,
+}
+
+impl Session {
+    /// Starts every thread of the engine.
+    pub fn start(options: SessionOptions) -> Result<Session, SessionError> {
+        let config = Arc::new(options.config.clone());
+        let shard_count = config.shards.max(1);
+        let hash_pool = Arc::new(
+            HashPool::new(crate::hash::default_threads()).map_err(SessionError::HashPool)?,
+        );
+        let peer_id = match &options.tracker_config {
+            Some(t) => PeerId(t.peer_id),
+            None => PeerId::ours(rand::random()),
+        };
+        let mut receivers = Vec::new();
+        let trackers = if options.trackers {
+            let mut sinks = Vec::new();
+            for _ in 0..shard_count {
+                let (sink, receiver) = PeerSink::channel(PEER_BATCH_QUEUE);
+                sinks.push(sink);
+                receivers.push(Some(receiver));
+            }
+            let tracker_config =
+                options.tracker_config.clone().unwrap_or_else(|| TrackerConfig::new(peer_id.0));
+            Some(TrackerHandle::start(tracker_config, sinks)?)
+        } else {
+            receivers.extend((0..shard_count).map(|_| None));
+            None
+        };
+        let inits = receivers
+            .into_iter()
+            .map(|peers| ShardInit {
+                config: config.clone(),
+                hash_pool: hash_pool.clone(),
+                trackers: trackers.clone(),
+                peers,
+            })
+            .collect();
+        let shards = ShardSet::start(inits, config.pin_shards)?;
+        let senders: Vec<_> = (0..shards.len()).map(|i| shards.sender(i)).collect();
+        let listener = Listener::start(
+            ListenConfig {
+                ips: options.listen_ips.clone(),
+                port: config.listen_port,
+                max_pending_handshakes: config.max_pending_handshakes,
+                handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            },
+            Box::new(move |peer| {
+                let shard = peer.handshake.info_hash.shard(senders.len());
+                senders[shard].try_send(ShardCommand::Incoming(peer)).is_ok()
+            }),
+        )?;
+        Ok(Session {
+            config,
+            shards,
+            listener,
+            trackers,
+            peer_id,
+            torrents: Mutex::new(HashMap::new()),
+            _hash_pool: hash_pool,
+        })
+    }
+
+    /// The TCP port peers reach us on.
+    pub fn listen_port(&self) -> u16 {
+        self.listener.port()
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn trackers(&self) -> Option<&TrackerHandle> {
+        self.trackers.as_ref()
+    }
+
+    /// Starts a torrent on its shard and, when trackers are on, announces it.
+    pub fn add(&self, add: AddTorrent) -> Result<Arc<TorrentStatus>, SessionError> {
+        let info_hash = add.metainfo.info_hash;
+        if self.torrents.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&info_hash) {
+            return Err(SessionError::Duplicate(info_hash));
+        }
+        let info = &add.metainfo.info;
+        let left: u64 = (0..info.piece_count())
+            .filter(|&p| add.wanted.get(p) && !add.have.get(p))
+            .map(|p| info.piece_size(p) as u64)
+            .sum();
+        let status = TorrentStatus::new(info_hash, &add.have, left);
+        let torrent_config = TorrentConfig {
+            max_connections: self.config.max_peers_per_torrent,
+            upload_slots: self.config.upload_slots,
+            seed: rand::random(),
+            ..TorrentConfig::default()
+        };
+        let tiers = add.metainfo.tracker_tiers();
+        let spec = TorrentSpec {
+            metainfo: add.metainfo,
+            download_dir: add.download_dir,
+            have: add.have,
+            wanted: add.wanted,
+            store_options: add.store_options,
+            peers: add.peers,
+            peer_id: self.peer_id,
+            listen_port: self.listen_port(),
+            torrent_config,
+            status: status.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        self.shards.send_blocking(shard, ShardCommand::AddTorrent(Box::new(spec), reply))?;
+        match answer.blocking_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(SessionError::Torrent { info_hash, reason }),
+            Err(_) => return Err(ShardError::Stopped { index: shard }.into()),
+        }
+        if let Some(trackers) = &self.trackers {
+            if !tiers.is_empty() {
+                trackers.add_torrent(
+                    info_hash,
+                    tiers,
+                    self.listen_port(),
+                    status.counters.clone(),
+                )?;
+            }
+        }
+        self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
+        Ok(status)
+    }
+
+    /// Stops a torrent: trackers hear `stopped`, connections close, storage
+    /// is flushed. Returns its final status.
+    pub fn remove(&self, info_hash: InfoHash) -> Option<Arc<TorrentStatus>> {
+        let status = self.torrents.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash)?;
+        if let Some(trackers) = &self.trackers {
+            let _ = trackers.remove(info_hash);
+        }
+        let (reply, done) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        if self.shards.send_blocking(shard, ShardCommand::RemoveTorrent(info_hash, reply)).is_ok() {
+            let _ = done.blocking_recv();
+        }
+        Some(status)
+    }
+
+    /// Status of every torrent.
+    pub fn torrents(&self) -> Vec<Arc<TorrentStatus>> {
+        self.torrents.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Stops everything in order (see the module docs).
+    pub fn shutdown(mut self) {
+        if let Some(trackers) = self.trackers.take() {
+            let _ = trackers.shutdown();
+        }
+        self.listener.shutdown();
+        self.shards.shutdown();
+    }
+}

@@ -11,7 +11,10 @@ use std::process::ExitCode;
 
 mod announce;
 mod create;
+mod download;
+mod engine_args;
 mod info;
+mod progress;
 mod verify;
 
 /// ringbit: a thread-per-core io_uring BitTorrent client for Linux servers.
@@ -36,6 +39,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Announce once to every tracker of a torrent and print each result.
     Announce(announce::Args),
+    /// Download a torrent, verifying every piece; exit 0 when complete.
+    Download(download::Args),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -47,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Create(args) => create::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Announce(args) => announce::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(code) => code,

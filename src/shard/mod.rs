@@ -12,7 +12,17 @@
 //! * [`ShardSet::shutdown`] returns only after every shard thread has exited.
 
 pub mod bufpool;
+pub mod engine;
 pub mod probe;
+
+use crate::config::Config;
+use crate::hash::HashPool;
+use crate::metainfo::InfoHash;
+use crate::net::listener::IncomingPeer;
+use crate::net::trackers::{PeerReceiver, TrackerHandle};
+use engine::{ShardContext, TorrentSpec, TorrentTask};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
@@ -31,12 +41,40 @@ pub struct ShardInfo {
 }
 
 /// A message to a shard.
-#[derive(Debug)]
 pub enum ShardCommand {
     /// Report [`ShardInfo`].
     Info(oneshot::Sender<ShardInfo>),
-    /// Stop: finish the command loop and return from the runtime.
+    /// Start a torrent; the reply says whether its storage opened.
+    AddTorrent(Box<TorrentSpec>, oneshot::Sender<Result<(), String>>),
+    /// Stop a torrent (connections closed, storage flushed), then reply.
+    RemoveTorrent(InfoHash, oneshot::Sender<()>),
+    /// An incoming connection for one of this shard's torrents.
+    Incoming(IncomingPeer),
+    /// Stop every torrent, then leave the runtime.
     Shutdown,
+}
+
+impl std::fmt::Debug for ShardCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardCommand::Info(_) => f.write_str("Info"),
+            ShardCommand::AddTorrent(spec, _) => {
+                write!(f, "AddTorrent({})", spec.metainfo.info_hash)
+            }
+            ShardCommand::RemoveTorrent(h, _) => write!(f, "RemoveTorrent({h})"),
+            ShardCommand::Incoming(p) => write!(f, "Incoming({})", p.addr),
+            ShardCommand::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// What a shard is given at start.
+pub struct ShardInit {
+    pub config: Arc<Config>,
+    pub hash_pool: Arc<HashPool>,
+    pub trackers: Option<TrackerHandle>,
+    /// Peers the trackers found for this shard's torrents.
+    pub peers: Option<PeerReceiver>,
 }
 
 /// Why the shards could not start.
@@ -64,22 +102,23 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
-    /// Probes io_uring, then starts `count` shard threads (at least one), shard
-    /// `i` pinned to core `i % cores` when `pin` is set.
-    pub fn start(count: usize, pin: bool) -> Result<ShardSet, ShardError> {
+    /// Probes io_uring, then starts one shard thread per `inits` entry (at
+    /// least one), shard `i` pinned to core `i % cores` when `pin` is set.
+    pub fn start(inits: Vec<ShardInit>, pin: bool) -> Result<ShardSet, ShardError> {
         probe::probe_io_uring()?;
-        let count = count.max(1);
+        let count = inits.len();
+        assert!(count > 0, "at least one shard");
         let cores =
             if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut shards = Vec::with_capacity(count);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
-        for index in 0..count {
+        for (index, init) in inits.into_iter().enumerate() {
             let (commands, receiver) = mpsc::channel(SHARD_COMMAND_QUEUE);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringbit-shard-{index}"))
-                .spawn(move || shard_thread(index, core, receiver, ready))
+                .spawn(move || shard_thread(index, count, core, init, receiver, ready))
                 .map_err(|source| ShardError::Spawn { index, source })?;
             shards.push(Shard { commands, thread: Some(thread) });
         }
@@ -109,6 +148,11 @@ impl ShardSet {
     /// Always false: a set has at least one shard.
     pub fn is_empty(&self) -> bool {
         self.shards.is_empty()
+    }
+
+    /// The shard that owns a torrent.
+    pub fn shard_of(&self, info_hash: &InfoHash) -> usize {
+        info_hash.shard(self.shards.len())
     }
 
     /// Sends a command to shard `index`, waiting while its queue is full.
@@ -157,7 +201,9 @@ impl Drop for ShardSet {
 
 fn shard_thread(
     index: usize,
+    count: usize,
     core: Option<core_affinity::CoreId>,
+    init: ShardInit,
     mut commands: mpsc::Receiver<ShardCommand>,
     ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
 ) {
@@ -171,18 +217,77 @@ fn shard_thread(
     };
     let _ = ready.send((index, Ok(())));
     drop(ready);
+    let ctx = ShardContext::new(index, count, init.config, init.hash_pool, init.trackers);
+    let mut peers = init.peers;
     runtime.block_on(async move {
         let info = ShardInfo { index, core: pinned };
-        while let Some(command) = commands.recv().await {
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                Some(batch) = recv_peers(&mut peers) => {
+                    let task = ctx.torrents.borrow().get(&batch.info_hash).cloned();
+                    if let Some(task) = task {
+                        task.add_peers(&batch.peers);
+                    }
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
                 ShardCommand::Info(reply) => {
                     let _ = reply.send(info.clone());
                 }
+                ShardCommand::AddTorrent(spec, reply) => {
+                    let info_hash = spec.metainfo.info_hash;
+                    if ctx.torrents.borrow().contains_key(&info_hash) {
+                        let _ = reply.send(Err(format!("torrent {info_hash} is already running")));
+                        continue;
+                    }
+                    match TorrentTask::start(ctx.clone(), *spec) {
+                        Ok(task) => {
+                            ctx.torrents.borrow_mut().insert(info_hash, task);
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+                ShardCommand::RemoveTorrent(info_hash, reply) => {
+                    let task = ctx.torrents.borrow_mut().remove(&info_hash);
+                    if let Some(task) = task {
+                        task.stop(None).await;
+                    }
+                    let _ = reply.send(());
+                }
+                ShardCommand::Incoming(peer) => {
+                    let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();
+                    if let Some(task) = task {
+                        task.accept(peer.stream, peer.addr, peer.handshake);
+                    }
+                }
                 ShardCommand::Shutdown => break,
             }
         }
+        let tasks: Vec<Rc<TorrentTask>> =
+            ctx.torrents.borrow_mut().drain().map(|(_, t)| t).collect();
+        for task in tasks {
+            task.stop(None).await;
+        }
     });
+    // Operations still in flight (a connect to an unresponsive address) would
+    // make dropping the runtime wait for them (tokio-uring waits for every
+    // operation on drop). The shard is done: leave the ring open until the
+    // process exits rather than hang shutdown.
+    std::mem::forget(runtime);
     tracing::debug!(shard = index, "shard stopped");
+}
+
+async fn recv_peers(peers: &mut Option<PeerReceiver>) -> Option<crate::net::trackers::PeerBatch> {
+    match peers {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +296,15 @@ mod tests {
 
     #[test]
     fn shards_start_report_and_stop() {
-        let mut set = ShardSet::start(3, true).unwrap();
+        let inits = (0..3)
+            .map(|_| ShardInit {
+                config: Arc::new(Config::default()),
+                hash_pool: Arc::new(HashPool::new(1).unwrap()),
+                trackers: None,
+                peers: None,
+            })
+            .collect();
+        let mut set = ShardSet::start(inits, true).unwrap();
         let info = set.info().unwrap();
         assert_eq!(info.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1, 2]);
         let cores = core_affinity::get_core_ids().unwrap_or_default().len();

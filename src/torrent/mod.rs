@@ -610,6 +610,14 @@ impl TorrentCore {
         self.start_uploads(conn, now);
     }
 
+    /// The driver sent what was queued for `conn`: uploads held back by
+    /// [`UPLOAD_BUFFER_HIGH_WATER`] may start again.
+    pub fn writable(&mut self, conn: ConnId, now: Instant) {
+        if self.conns.contains(conn) {
+            self.start_uploads(conn, now);
+        }
+    }
+
     /// Hands the bytes queued for `conn` to the driver: swaps them with
     /// `spare` (an empty buffer from the driver's pool).
     pub fn take_outgoing(&mut self, conn: ConnId, spare: &mut Vec<u8>) {

@@ -1,0 +1,161 @@
+//! `ringbit download`: fetch a torrent into a directory, verify every piece,
+//! and exit 0 when the wanted data is complete (or keep seeding with `--seed`).
+//!
+//! Layer: edge. Builds a [`Session`], adds one torrent, shows progress, and
+//! handles Ctrl-C (SIGINT/SIGTERM): the torrent stops cleanly, trackers hear
+//! `stopped`, and a later run continues from the pieces already on disk.
+
+use super::engine_args::EngineArgs;
+use crate::metainfo::Metainfo;
+use crate::picker::wanted_pieces;
+use crate::session::{AddTorrent, Session};
+use crate::shard::engine::TorrentStatus;
+use crate::storage::check::{recheck, CheckOptions};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `ringbit download`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .torrent file to download.
+    pub torrent: PathBuf,
+
+    /// Directory to download into (created if missing). A multi-file torrent
+    /// gets its own sub-directory named after the torrent.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// Keep seeding after the download completes, until Ctrl-C.
+    #[arg(long)]
+    pub seed: bool,
+
+    /// Download only the files whose path (as `ringbit info` shows it)
+    /// matches one of these globs, e.g. `--only '*.iso' --only 'docs/**'`.
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let metainfo = Arc::new(
+        Metainfo::from_file(&args.torrent)
+            .with_context(|| format!("cannot load {}", args.torrent.display()))?,
+    );
+    let info = &metainfo.info;
+    let selector = build_selector(&args.only)?;
+    let wanted = wanted_pieces(&info.files, info.piece_length, info.piece_count(), |_, f| {
+        selector.as_ref().is_none_or(|set| set.is_match(f.path.join("/")))
+    });
+    if wanted.count() == 0 {
+        anyhow::bail!("--only matches no file of the torrent");
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let have = existing_pieces(&metainfo, &args.output)?;
+    let already = (0..info.piece_count()).all(|p| !wanted.get(p) || have.get(p));
+    if already && !args.seed {
+        println!("{}: already complete in {}", info.name, args.output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let stop = super::engine_args::stop_flag()?;
+    let session = Session::start(args.engine.session_options()?)?;
+    let peers = args.engine.peers()?;
+    let status = session.add(AddTorrent {
+        metainfo: metainfo.clone(),
+        download_dir: args.output.clone(),
+        have,
+        wanted: wanted.clone(),
+        store_options: args.engine.store_options(),
+        peers,
+    })?;
+    tracing::info!(port = session.listen_port(), info_hash = %metainfo.info_hash, "downloading");
+    let outcome = watch(&metainfo, &status, &stop, args.seed);
+    session.shutdown();
+    match outcome {
+        Outcome::Complete => {
+            println!(
+                "{}: complete, {} pieces verified in {}",
+                info.name,
+                wanted.count(),
+                args.output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Interrupted => {
+            eprintln!(
+                "ringbit: interrupted with {} of {} pieces verified; run the same command again to continue",
+                status.have_pieces.load(Ordering::Relaxed),
+                status.piece_count
+            );
+            Ok(ExitCode::from(130))
+        }
+        Outcome::Failed(error) => anyhow::bail!("{error}"),
+    }
+}
+
+fn build_selector(globs: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for glob in globs {
+        set.add(globset::Glob::new(glob).with_context(|| format!("bad --only glob {glob:?}"))?);
+    }
+    Ok(Some(set.build()?))
+}
+
+/// Pieces already verified on disk: a recheck of the files that exist (none
+/// on a first run), so an interrupted download continues where it stopped.
+fn existing_pieces(metainfo: &Metainfo, dir: &Path) -> anyhow::Result<crate::bitfield::Bitfield> {
+    let info = &metainfo.info;
+    let any_file =
+        info.files.iter().any(|f| !f.pad && crate::storage::file_path(dir, &f.path).exists());
+    if !any_file {
+        return Ok(crate::bitfield::Bitfield::new(info.piece_count()));
+    }
+    let bar = super::progress::bar(info.piece_count() as u64, "checking");
+    let report = recheck(info, dir, None, CheckOptions::default(), &|_| bar.inc(1))
+        .with_context(|| format!("cannot check existing data in {}", dir.display()))?;
+    bar.finish_and_clear();
+    tracing::info!(have = report.have.count(), of = info.piece_count(), "existing data checked");
+    Ok(report.have)
+}
+
+enum Outcome {
+    Complete,
+    Interrupted,
+    Failed(String),
+}
+
+/// Shows progress until the download completes (and, with `seed`, until
+/// Ctrl-C), the torrent fails, or Ctrl-C.
+fn watch(metainfo: &Metainfo, status: &TorrentStatus, stop: &AtomicBool, seed: bool) -> Outcome {
+    let total = metainfo.info.total_length;
+    let display = super::progress::Transfer::new(total, &metainfo.info.name);
+    let started = Instant::now();
+    loop {
+        if let Some(error) = status.error() {
+            display.finish();
+            return Outcome::Failed(error);
+        }
+        let complete = status.completed.load(Ordering::Acquire);
+        if stop.load(Ordering::Relaxed) {
+            display.finish();
+            return if complete { Outcome::Complete } else { Outcome::Interrupted };
+        }
+        if complete && !seed {
+            display.finish();
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "download finished");
+            return Outcome::Complete;
+        }
+        display.update(status, complete);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
