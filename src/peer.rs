@@ -1063,8 +1063,7 @@ mod tests {
         /// (`piece` headers + data), like the driver's vectored write.
         fn send(&mut self, serve: bool, now: Instant) -> Vec<u8> {
             let mut wire = outgoing(&mut self.peer);
-            while serve {
-                let Some(r) = self.peer.next_upload() else { break };
+            while let Some(r) = serve.then(|| self.peer.next_upload()).flatten() {
                 wire.extend_from_slice(&self.peer.upload_header(r, now));
                 wire.extend_from_slice(&block_data(&r));
             }
