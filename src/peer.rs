@@ -376,7 +376,8 @@ impl Peer {
     }
 
     /// A connection the listener accepted and whose handshake it already
-    /// read (to route it here): checks it and queues ours in reply.
+    /// read (to route it here): checks it, queues ours in reply and queues
+    /// [`Event::Handshake`].
     pub fn incoming(
         config: PeerConfig,
         setup: PeerSetup,
