@@ -376,7 +376,8 @@ impl Peer {
     }
 
     /// A connection the listener accepted and whose handshake it already
-    /// read (to route it here): checks it and queues ours in reply.
+    /// read (to route it here): checks it, queues ours in reply and queues
+    /// [`Event::Handshake`].
     pub fn incoming(
         config: PeerConfig,
         setup: PeerSetup,
@@ -1073,8 +1074,7 @@ mod tests {
         /// (`piece` headers + data), like the driver's vectored write.
         fn send(&mut self, serve: bool, now: Instant) -> Vec<u8> {
             let mut wire = outgoing(&mut self.peer);
-            while serve {
-                let Some(r) = self.peer.next_upload() else { break };
+            while let Some(r) = serve.then(|| self.peer.next_upload()).flatten() {
                 wire.extend_from_slice(&self.peer.upload_header(r, now));
                 wire.extend_from_slice(&block_data(&r));
             }

@@ -270,34 +270,58 @@ impl Message<'_> {
     /// Panics if a payload is longer than 4 GiB (a programmer error: we never
     /// build such messages).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let len = u32::try_from(self.encoded_len() - 4).expect("message payload fits in u32");
-        out.reserve(self.encoded_len());
-        if let Message::Piece { piece, begin, data } = self {
-            out.extend_from_slice(&piece_header(*piece, *begin, len - 9));
-            out.extend_from_slice(data);
-            return;
-        }
-        out.extend_from_slice(&len.to_be_bytes());
-        let Some(id) = self.id() else { return };
-        out.push(id as u8);
-        let block = |out: &mut Vec<u8>, r: &BlockRequest| {
-            out.extend_from_slice(&r.piece.to_be_bytes());
-            out.extend_from_slice(&r.begin.to_be_bytes());
-            out.extend_from_slice(&r.length.to_be_bytes());
+        // Header and fixed fields are assembled on the stack and appended
+        // with one copy; only a variable payload is appended separately.
+        let mut head = [0u8; 18];
+        let total = self.encoded_len();
+        let payload: &[u8] = match self {
+            Message::Bitfield(b) => b,
+            Message::Piece { data, .. } => data,
+            Message::Extended { payload, .. } => payload,
+            _ => &[],
         };
-        match self {
-            Message::Have { piece }
-            | Message::Suggest { piece }
-            | Message::AllowedFast { piece } => out.extend_from_slice(&piece.to_be_bytes()),
-            Message::Request(r) | Message::Cancel(r) | Message::Reject(r) => block(out, r),
-            Message::Port(port) => out.extend_from_slice(&port.to_be_bytes()),
-            Message::Bitfield(b) => out.extend_from_slice(b),
-            Message::Extended { id, payload } => {
-                out.push(*id);
-                out.extend_from_slice(payload);
+        let len = u32::try_from(total - 4).expect("message payload fits in u32");
+        head[..4].copy_from_slice(&len.to_be_bytes());
+        let head_len = match self.id() {
+            None => 4,
+            Some(id) => {
+                head[4] = id as u8;
+                let mut put =
+                    |at: usize, v: u32| head[at..at + 4].copy_from_slice(&v.to_be_bytes());
+                match self {
+                    Message::Have { piece }
+                    | Message::Suggest { piece }
+                    | Message::AllowedFast { piece } => {
+                        put(5, *piece);
+                        9
+                    }
+                    Message::Request(r) | Message::Cancel(r) | Message::Reject(r) => {
+                        put(5, r.piece);
+                        put(9, r.begin);
+                        put(13, r.length);
+                        17
+                    }
+                    Message::Piece { piece, begin, .. } => {
+                        put(5, *piece);
+                        put(9, *begin);
+                        13
+                    }
+                    Message::Port(port) => {
+                        head[5..7].copy_from_slice(&port.to_be_bytes());
+                        7
+                    }
+                    Message::Extended { id, .. } => {
+                        head[5] = *id;
+                        6
+                    }
+                    _ => 5,
+                }
             }
-            _ => {}
-        }
+        };
+        debug_assert_eq!(head_len + payload.len(), total);
+        out.reserve(total);
+        out.extend_from_slice(&head[..head_len]);
+        out.extend_from_slice(payload);
     }
 }
 

@@ -11,3 +11,4 @@ mod foundation;
 mod peer_harness_selftest;
 mod peers;
 mod storage;
+mod wire;
