@@ -1165,8 +1165,8 @@ impl Picker {
         assert_eq!(self.peer_slots.len(), self.peers.len(), "peer map size");
         assert_eq!(seeds, self.seeds as usize, "seed count");
         assert_eq!(snubbed, self.snubbed_peers, "snubbed count");
-        for p in 0..count {
-            assert_eq!(avail[p], self.pieces[p].avail as u32, "availability of piece {p}");
+        for (p, (&counted, piece)) in avail.iter().zip(&self.pieces).enumerate() {
+            assert_eq!(counted, piece.avail as u32, "availability of piece {p}");
         }
         // Partials and block states.
         assert_eq!(
