@@ -543,6 +543,16 @@ impl Picker {
         Ok(true)
     }
 
+    /// Releases every reservation of `peer` but keeps it connected: the
+    /// peer choked us without the fast extension, which discards all our
+    /// requests (BEP 3). Returns how many were released.
+    pub fn release_requests(&mut self, peer: PeerKey) -> Result<usize, PickerError> {
+        let slot = self.slot(peer)?;
+        let n = self.peers[slot as usize].requests.len();
+        self.release_all(slot);
+        Ok(n)
+    }
+
     /// Our choke or a `reject`: like a timeout for that one block.
     pub fn request_rejected(
         &mut self,

@@ -328,6 +328,22 @@ fn timeout_releases_one_block() {
 }
 
 #[test]
+fn choke_without_fast_extension_releases_everything() {
+    let mut p = setup("00", "22");
+    let r = pick(&mut p, PeerKey(1), 6);
+    receive(&mut p, PeerKey(1), r[0]);
+    assert_eq!(p.release_requests(PeerKey(1)).unwrap(), 5);
+    p.check_invariants();
+    assert_eq!(p.outstanding(PeerKey(1)).unwrap(), 0);
+    assert_eq!(p.partial_count(), 1, "only the piece with a received block keeps its table");
+    assert_eq!(p.availability(0), 2, "still connected");
+    assert_eq!(
+        pick(&mut p, PeerKey(2), 3),
+        vec![blk(r[0].piece, 1), blk(r[0].piece, 2), blk(r[0].piece, 3)]
+    );
+}
+
+#[test]
 fn timing_out_every_block_drops_the_table() {
     let mut p = setup("0", "1");
     for r in pick(&mut p, PeerKey(1), 4) {
@@ -532,6 +548,7 @@ enum Op {
     Timeout(u8, u16),
     Snub(u8, bool),
     Disconnect(u8),
+    Choke(u8),
     Hash(u8, bool),
     Want(u8, bool),
 }
@@ -547,6 +564,7 @@ fn op(pieces: usize) -> impl Strategy<Value = Op> {
         (0..6u8, any::<u16>()).prop_map(|(p, i)| Op::Timeout(p, i)),
         (0..6u8, any::<bool>()).prop_map(|(p, s)| Op::Snub(p, s)),
         (0..6u8).prop_map(Op::Disconnect),
+        (0..6u8).prop_map(Op::Choke),
         (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::Hash(i, ok)),
         (any::<u8>(), any::<bool>()).prop_map(|(i, w)| Op::Want(i, w)),
     ]
@@ -653,6 +671,11 @@ fn run_ops(pieces: u32, total: u64, seed: u64, ops: Vec<Op>) {
             }
             Op::Disconnect(i) => {
                 assert_eq!(p.remove_peer(key(i)).is_ok(), d.outstanding.remove(&key(i)).is_some());
+            }
+            Op::Choke(i) => {
+                let Some(v) = d.outstanding.get_mut(&key(i)) else { continue };
+                assert_eq!(p.release_requests(key(i)).unwrap(), v.len());
+                v.clear();
             }
             Op::Hash(i, ok) => {
                 if d.complete.is_empty() {
