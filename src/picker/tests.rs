@@ -380,6 +380,17 @@ fn snubbed_peers_blocks_can_be_repicked() {
 }
 
 #[test]
+fn snubbed_peers_pick_common_pieces_first() {
+    let mut p = setup("0000", "1321");
+    p.add_peer_have_all(SEED_A).unwrap();
+    p.set_snubbed(SEED_A, true).unwrap();
+    assert_eq!(pieces_of(&pick(&mut p, SEED_A, 4)), vec![1], "the most common piece");
+    p.set_snubbed(SEED_A, false).unwrap();
+    let next = pieces_of(&pick(&mut p, SEED_A, 4));
+    assert!(next == vec![0] || next == vec![3], "rarest again: {next:?}");
+}
+
+#[test]
 fn wanted_subset_only() {
     let mut p = setup_full("00000", "11111", "00110", 5 * PL as u64, 1);
     assert_eq!(p.wanted_missing(), 2);
