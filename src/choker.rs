@@ -263,7 +263,7 @@ impl Choker {
             // Prefer someone other than the peers that just had the slot.
             let eligible = |i: &usize, avoid_previous: bool| {
                 let k = peers[*i].key;
-                !self.optimistic.contains(&k) && !(avoid_previous && previous.contains(&k))
+                !self.optimistic.contains(&k) && (!avoid_previous || !previous.contains(&k))
             };
             let avoid = rotate && others.iter().any(|i| eligible(i, true));
             let total: u64 =

@@ -539,6 +539,16 @@ impl Picker {
         Ok(true)
     }
 
+    /// Releases every reservation of `peer` but keeps it connected: the
+    /// peer choked us without the fast extension, which discards all our
+    /// requests (BEP 3). Returns how many were released.
+    pub fn release_requests(&mut self, peer: PeerKey) -> Result<usize, PickerError> {
+        let slot = self.slot(peer)?;
+        let n = self.peers[slot as usize].requests.len();
+        self.release_all(slot);
+        Ok(n)
+    }
+
     /// Our choke or a `reject`: like a timeout for that one block.
     pub fn request_rejected(
         &mut self,
@@ -592,7 +602,8 @@ impl Picker {
     /// fast (BEP 6): only those are picked.
     ///
     /// Order: partial pieces this peer was working on, other partial pieces,
-    /// then new pieces rarest first (random among equally rare), and in endgame
+    /// then new pieces rarest first (random among equally rare; most common
+    /// first for a snubbed peer), and in endgame
     /// duplicates of outstanding blocks (fewest requesters first, at most
     /// `endgame_requesters_max` per block). Without endgame, a block requested
     /// by a non-snubbed peer is never handed out again.
@@ -606,7 +617,8 @@ impl Picker {
         let slot = self.slot(peer)?;
         let entry = &self.peers[slot as usize];
         let room = self.config.max_requests_per_peer.saturating_sub(entry.requests.len());
-        let steal = !entry.snubbed && self.snubbed_peers > 0;
+        let snubbed = entry.snubbed;
+        let steal = !snubbed && self.snubbed_peers > 0;
         let start = out.len();
         let mut left = max.min(room);
         if left == 0 {
@@ -647,16 +659,21 @@ impl Picker {
                     }
                 }
                 // New pieces, rarest first. A non-seed peer has no piece whose
-                // count (without seeds) is 0, so skip that bucket for it.
+                // count (without seeds) is 0, so skip that bucket for it. A
+                // snubbed peer goes the other way, most common first, so a
+                // slow peer never holds a rare piece hostage (libtorrent's
+                // reverse picking).
                 let first_key = match self.peers[slot as usize].pieces {
                     PeerPieces::All => 1,
                     PeerPieces::Some(_) => 2,
                 };
-                let mut key = first_key;
-                while left > 0 && key + 1 < self.bucket_start.len() {
+                let buckets = self.bucket_start.len() - 1;
+                let mut step = 0;
+                while left > 0 && first_key + step < buckets {
+                    let key = if snubbed { buckets - 1 - step } else { first_key + step };
+                    step += 1;
                     let s = self.bucket_start[key] as usize;
                     let e = self.bucket_start[key + 1] as usize;
-                    key += 1;
                     if s == e {
                         continue;
                     }
@@ -1161,8 +1178,8 @@ impl Picker {
         assert_eq!(self.peer_slots.len(), self.peers.len(), "peer map size");
         assert_eq!(seeds, self.seeds as usize, "seed count");
         assert_eq!(snubbed, self.snubbed_peers, "snubbed count");
-        for p in 0..count {
-            assert_eq!(avail[p], self.pieces[p].avail as u32, "availability of piece {p}");
+        for (p, (&counted, piece)) in avail.iter().zip(&self.pieces).enumerate() {
+            assert_eq!(counted, piece.avail as u32, "availability of piece {p}");
         }
         // Partials and block states.
         assert_eq!(

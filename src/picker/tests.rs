@@ -55,6 +55,30 @@ fn setup(have: &str, avail: &str) -> Picker {
     setup_full(have, avail, "", have.len() as u64 * PL as u64, 1)
 }
 
+/// Like `setup`, plus `partial`: a digit d = d blocks of that piece already
+/// received (from a peer that has since disconnected), as libtorrent's
+/// `setup_picker(..., partial)` does.
+fn setup_partial(have: &str, avail: &str, partial: &str) -> Picker {
+    let mut p = setup(have, avail);
+    let helper = PeerKey(999);
+    p.add_peer_have_all(helper).unwrap();
+    for (piece, c) in partial.chars().enumerate() {
+        let d = c.to_digit(10).unwrap_or(0) as usize;
+        if d == 0 {
+            continue;
+        }
+        let mut out = Vec::new();
+        p.pick_blocks(helper, d, Some(&[piece as u32]), &mut out).unwrap();
+        assert_eq!(out.len(), d);
+        for b in out {
+            p.block_received(helper, b, &mut Vec::new()).unwrap();
+        }
+    }
+    p.remove_peer(helper).unwrap();
+    p.check_invariants();
+    p
+}
+
 fn pick(p: &mut Picker, peer: PeerKey, max: usize) -> Vec<BlockRequest> {
     let mut out = Vec::new();
     let n = p.pick_blocks(peer, max, None, &mut out).unwrap();
@@ -130,6 +154,39 @@ fn partial_pieces_first() {
     p.add_peer_have_all(SEED_A).unwrap();
     assert_eq!(pick(&mut p, SEED_A, 2), vec![blk(3, 2), blk(3, 3)]);
     assert_eq!(p.partial_count(), 1);
+}
+
+#[test]
+fn partial_pieces_from_strings() {
+    // Piece 2 is the most common but half done: it goes first, then the
+    // rarest (piece 0), then piece 3 which is partial with one block.
+    let mut p = setup_partial("0000", "1239", "0021");
+    assert_eq!(p.partial_count(), 2);
+    p.add_peer_have_all(SEED_A).unwrap();
+    let r = pick(&mut p, SEED_A, 9);
+    let partial_first: Vec<u32> = r[..5].iter().map(|b| b.piece).collect();
+    let mut sorted = partial_first.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![2, 2, 3, 3, 3], "the five missing blocks of partial pieces");
+    assert_eq!(pieces_of(&r[5..]), vec![0], "then the rarest new piece");
+    assert!(!r.contains(&blk(2, 0)) && !r.contains(&blk(3, 0)), "received blocks are not picked");
+}
+
+#[test]
+fn memory_is_16_bytes_per_piece_without_peers() {
+    let n = 10_000;
+    let p = Picker::new(
+        PickerConfig::default(),
+        PL,
+        n as u64 * PL as u64,
+        &Bitfield::new(n),
+        &Bitfield::full(n),
+        0,
+    )
+    .unwrap();
+    let per_piece = 16 * n as usize;
+    let fixed = (PickerConfig::default().max_peers + 3) * 4 + 1024;
+    assert!(p.memory_bytes() <= per_piece + fixed, "{} bytes", p.memory_bytes());
 }
 
 #[test]
@@ -271,6 +328,22 @@ fn timeout_releases_one_block() {
 }
 
 #[test]
+fn choke_without_fast_extension_releases_everything() {
+    let mut p = setup("00", "22");
+    let r = pick(&mut p, PeerKey(1), 6);
+    receive(&mut p, PeerKey(1), r[0]);
+    assert_eq!(p.release_requests(PeerKey(1)).unwrap(), 5);
+    p.check_invariants();
+    assert_eq!(p.outstanding(PeerKey(1)).unwrap(), 0);
+    assert_eq!(p.partial_count(), 1, "only the piece with a received block keeps its table");
+    assert_eq!(p.availability(0), 2, "still connected");
+    assert_eq!(
+        pick(&mut p, PeerKey(2), 3),
+        vec![blk(r[0].piece, 1), blk(r[0].piece, 2), blk(r[0].piece, 3)]
+    );
+}
+
+#[test]
 fn timing_out_every_block_drops_the_table() {
     let mut p = setup("0", "1");
     for r in pick(&mut p, PeerKey(1), 4) {
@@ -304,6 +377,17 @@ fn snubbed_peers_blocks_can_be_repicked() {
     assert_eq!(cancel, vec![PeerKey(1)]);
     p.set_snubbed(PeerKey(1), false).unwrap();
     p.check_invariants();
+}
+
+#[test]
+fn snubbed_peers_pick_common_pieces_first() {
+    let mut p = setup("0000", "1321");
+    p.add_peer_have_all(SEED_A).unwrap();
+    p.set_snubbed(SEED_A, true).unwrap();
+    assert_eq!(pieces_of(&pick(&mut p, SEED_A, 4)), vec![1], "the most common piece");
+    p.set_snubbed(SEED_A, false).unwrap();
+    let next = pieces_of(&pick(&mut p, SEED_A, 4));
+    assert!(next == vec![0] || next == vec![3], "rarest again: {next:?}");
 }
 
 #[test]
@@ -475,6 +559,7 @@ enum Op {
     Timeout(u8, u16),
     Snub(u8, bool),
     Disconnect(u8),
+    Choke(u8),
     Hash(u8, bool),
     Want(u8, bool),
 }
@@ -490,6 +575,7 @@ fn op(pieces: usize) -> impl Strategy<Value = Op> {
         (0..6u8, any::<u16>()).prop_map(|(p, i)| Op::Timeout(p, i)),
         (0..6u8, any::<bool>()).prop_map(|(p, s)| Op::Snub(p, s)),
         (0..6u8).prop_map(Op::Disconnect),
+        (0..6u8).prop_map(Op::Choke),
         (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::Hash(i, ok)),
         (any::<u8>(), any::<bool>()).prop_map(|(i, w)| Op::Want(i, w)),
     ]
@@ -597,6 +683,11 @@ fn run_ops(pieces: u32, total: u64, seed: u64, ops: Vec<Op>) {
             Op::Disconnect(i) => {
                 assert_eq!(p.remove_peer(key(i)).is_ok(), d.outstanding.remove(&key(i)).is_some());
             }
+            Op::Choke(i) => {
+                let Some(v) = d.outstanding.get_mut(&key(i)) else { continue };
+                assert_eq!(p.release_requests(key(i)).unwrap(), v.len());
+                v.clear();
+            }
             Op::Hash(i, ok) => {
                 if d.complete.is_empty() {
                     continue;
@@ -645,12 +736,12 @@ fn run_ops(pieces: u32, total: u64, seed: u64, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
     #[test]
     fn random_operations_keep_invariants_and_finish(
         seed in any::<u64>(),
         short in 1..(4 * BLOCK_SIZE as u64),
-        ops in proptest::collection::vec(op(9), 0..120),
+        ops in proptest::collection::vec(op(9), 0..200),
     ) {
         run_ops(9, 8 * PL as u64 + short, seed, ops);
     }
