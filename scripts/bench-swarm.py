@@ -478,6 +478,7 @@ def main():
         print("payload %.0f MiB, %d KiB pieces, ready in %.1fs (page cache warm, not dropped)"
               % (a.size / (1 << 20), (1 << a.piece_log2) >> 10, time.monotonic() - t),
               flush=True)
+        load_before = os.getloadavg()[0]
         seeder = Seeder(a.seeder, torrent, data_dir, workdir, a.ringbit)
         results = {k: [] for k in leechers}
         for run in range(a.runs):
@@ -516,6 +517,8 @@ def main():
     print("%s seeder, %.0f MiB, %d KiB pieces, median of %d run(s); MB/s measured %s"
           % (a.seeder, a.size / (1 << 20), (1 << a.piece_log2) >> 10, a.runs, rate_how))
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + " on " + machine())
+    print("load average (1 min) %.1f before, %.1f after: other work on the machine skews "
+          "every number" % (load_before, os.getloadavg()[0]))
     print("peers: libtorrent %s, %s, %s" % (
         tool_version([PYTHON, "-c", "import libtorrent; print(libtorrent.__version__)"]),
         tool_version(["aria2c", "--version"]), tool_version(["transmission-cli", "--version"])))

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::helpers::assert_same_tree;
-use crate::peers::{scrape, Leecher, Payload, PeerKind, Seeder};
+use crate::peers::{scrape, wait_scrape, Leecher, Payload, PeerKind, Seeder};
 
 /// Payloads stay small so each test takes seconds (transmission's first
 /// request can take up to its 10 s rechoke period).
@@ -100,6 +100,27 @@ fn libtorrent_seeder_dials_transmission_leecher() {
     let out = out_dir();
     let mut leecher = Leecher::start(PeerKind::Transmission, &torrent, out.path(), &[], None);
     seeder.connect(leecher.addr()).unwrap();
+    complete(&mut leecher);
+    assert_same_tree(&payload.save_path, out.path());
+}
+
+#[test]
+fn libtorrent_seeder_reaches_transmission_leecher_after_reannounce() {
+    // The path a ringbit seeder takes (issue 6): transmission announces and
+    // waits to be dialled; the seeder learns its address only by announcing
+    // again (opentracker's interval is 30 minutes) and must dial it.
+    let payload = Payload::single_file("single.bin", SINGLE_FILE_BYTES, PIECE_LOG2);
+    let tracker = payload.tracker();
+    let torrent = payload.torrent_http(&tracker);
+    let mut seeder =
+        Seeder::start(PeerKind::Libtorrent, &torrent, &payload.save_path, Some(&tracker));
+    let out = out_dir();
+    let mut leecher = Leecher::start(PeerKind::Transmission, &torrent, out.path(), &[], None);
+    assert!(
+        wait_scrape(&tracker, &payload.info_hash, Duration::from_secs(30), |_, l| l >= 1),
+        "transmission never announced"
+    );
+    seeder.reannounce().unwrap();
     complete(&mut leecher);
     assert_same_tree(&payload.save_path, out.path());
 }

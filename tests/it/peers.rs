@@ -295,12 +295,16 @@ fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
     Ok(reply[at + 4..].to_vec())
 }
 
-/// Waits until opentracker counts more peers (seeders + leechers) for the
-/// info hash than `before`.
-fn wait_registered(tracker: &Opentracker, info_hash: &str, before: u64, limit: Duration) -> bool {
-    helpers::wait_until(limit, || {
-        scrape(tracker, info_hash).map(|(s, l)| s + l > before).unwrap_or(false)
-    })
+/// Waits up to `limit` until opentracker's counts for the info hash satisfy
+/// `pred(seeders, leechers)` (e.g. a leecher has announced, so a seeder that
+/// re-announces now will learn of it).
+pub fn wait_scrape(
+    tracker: &Opentracker,
+    info_hash_hex: &str,
+    limit: Duration,
+    pred: impl Fn(u64, u64) -> bool,
+) -> bool {
+    helpers::wait_until(limit, || scrape(tracker, info_hash_hex).is_ok_and(|(s, l)| pred(s, l)))
 }
 
 // ---------------------------------------------------------------------------
@@ -532,7 +536,7 @@ impl Seeder {
         proc_.wait_listening(port, deadline.saturating_duration_since(Instant::now()));
         if let (Some(t), Some((hash, before))) = (tracker, before) {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !wait_registered(t, &hash, before, left) {
+            if !wait_scrape(t, &hash, left, |s, l| s + l > before) {
                 panic!("{}", proc_.fail("never announced to the tracker"));
             }
         }
