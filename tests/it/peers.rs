@@ -735,6 +735,37 @@ impl Leecher {
         }
     }
 
+    /// Asserts the download under `out_dir` equals `expected` (a payload's
+    /// `save_path`), byte for byte, with one allowance: transmission 3.00 never
+    /// creates zero-length files, so for it (only) a missing file passes when
+    /// the expected one is empty. Every other kind must match exactly
+    /// (`helpers::assert_same_tree`).
+    pub fn assert_same_as(&self, expected: &Path) {
+        if self.kind != PeerKind::Transmission {
+            return helpers::assert_same_tree(expected, &self.out_dir);
+        }
+        let mut stack = vec![PathBuf::new()];
+        let mut compared = 0;
+        while let Some(rel) = stack.pop() {
+            let e = expected.join(&rel);
+            if e.is_dir() {
+                for entry in std::fs::read_dir(&e).unwrap() {
+                    stack.push(rel.join(entry.unwrap().file_name()));
+                }
+                continue;
+            }
+            let a = self.out_dir.join(&rel);
+            let want = std::fs::read(&e).unwrap();
+            if want.is_empty() && !a.exists() {
+                continue;
+            }
+            let got = std::fs::read(&a).unwrap_or_else(|err| panic!("{}: {err}", a.display()));
+            assert!(want == got, "{} differs from {}", a.display(), e.display());
+            compared += 1;
+        }
+        assert!(compared > 0, "no files compared under {}", expected.display());
+    }
+
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         self.proc_.exited().is_none()
