@@ -31,6 +31,10 @@ ringbit entries are skipped with a note while the binary lacks the `download`
 (issue 5) or `seed` (issue 6) subcommand; once they exist they run with no
 change (build with `cargo build --release`, or point --ringbit at the binary).
 
+Peers: libtorrent and ringbit leechers dial the seeder (--peer); aria2 finds it
+through a private opentracker the benchmark announces the seeder to; the
+libtorrent seeder dials transmission (which never dials 127.0.0.1 itself).
+
 Usage:
   /usr/bin/python3 scripts/bench-swarm.py [--size 1G] [--runs 3]
       [--leechers libtorrent,aria2,transmission,ringbit] [--seeder libtorrent|ringbit]
@@ -52,6 +56,7 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LT_TOOL = os.path.join(REPO, "tests", "peers", "lt_tool.py")
 LT_EXTRA = os.path.join(REPO, "tests", "peers", "lt_extra.py")
 PYTHON = "/usr/bin/python3"  # python3-libtorrent is built for Debian's interpreter
 LEECHERS = ["libtorrent", "aria2", "transmission", "ringbit"]
@@ -180,6 +185,56 @@ def ringbit_has(binary, sub):
 
 
 # ---------------------------------------------------------------------------
+# opentracker: how aria2 (which takes peers only from trackers) finds the seeder
+
+class Tracker:
+    """A private opentracker (HTTP on 127.0.0.1) whitelisted for one info hash.
+    The benchmark announces the seeder to it on the seeder's behalf, so aria2
+    dials the seeder as the libtorrent and ringbit leechers do (--peer)."""
+
+    def __init__(self, info_hash, workdir):
+        self.info_hash = info_hash
+        self.port = free_port()
+        root = os.path.join(workdir, "opentracker")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "whitelist.txt"), "w") as f:
+            f.write(info_hash + "\n")
+        # -d chroots first, so the whitelist path is relative to it.
+        self.proc = subprocess.Popen(
+            ["opentracker", "-i", "127.0.0.1", "-p", str(self.port), "-P", str(self.port),
+             "-d", root, "-w", "/whitelist.txt"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.proc, self.port, "opentracker")
+
+    def url(self):
+        return "http://127.0.0.1:%d/announce" % self.port
+
+    def announce_seeder(self, port):
+        """Registers 127.0.0.1:port (opentracker takes the source address) as a seeder."""
+        import urllib.parse
+        import urllib.request
+        query = urllib.parse.urlencode({
+            "info_hash": bytes.fromhex(self.info_hash), "peer_id": b"-BS0001-%012d" % port,
+            "port": port, "uploaded": 0, "downloaded": 0, "left": 0, "event": "started",
+            "compact": 1, "numwant": 0})
+        with urllib.request.urlopen(self.url() + "?" + query, timeout=5) as r:
+            body = r.read(65536)
+        if b"failure reason" in body:
+            die("opentracker refused the seeder: %r" % body)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=STOP_LIMIT_S)
+
+
+def info_hash_of(torrent):
+    out = subprocess.run([PYTHON, LT_TOOL, "info", torrent], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return json.loads(out.stdout)["info_hash"]
+
+
+# ---------------------------------------------------------------------------
 # Seeder
 
 class Seeder:
@@ -250,7 +305,7 @@ class Seeder:
 # ---------------------------------------------------------------------------
 # Leechers
 
-def start_leecher(kind, torrent, out_dir, run_dir, seeder, ringbit):
+def start_leecher(kind, torrent, out_dir, run_dir, seeder, tracker, ringbit):
     """Spawns one leecher; returns (Popen, port, completion marker or None)."""
     port = free_port()
     log = open(os.path.join(run_dir, "leecher.log"), "wb")
@@ -261,11 +316,11 @@ def start_leecher(kind, torrent, out_dir, run_dir, seeder, ringbit):
         cmd = [PYTHON, LT_EXTRA, "leech", torrent, out_dir, "--port", str(port),
                "--peer", seed_addr, "--timeout", "3600"]
     elif kind == "aria2":
-        # aria2 takes peers only from trackers; it accepts a seeder's dial.
+        # aria2 takes peers only from trackers: the private one lists the seeder.
+        tracker.announce_seeder(seeder.port)
         cmd = ["aria2c"] + ARIA2_COMMON + [
             "--seed-time=0", "--file-allocation=none", "--bt-exclude-tracker=*",
-            "--listen-port=%d" % port, "-d", out_dir, torrent]
-        dial = True
+            "--bt-tracker=" + tracker.url(), "--listen-port=%d" % port, "-d", out_dir, torrent]
     elif kind == "transmission":
         config = os.path.join(run_dir, "config")
         os.makedirs(config)
@@ -325,7 +380,7 @@ def stop(proc, sig):
     return got
 
 
-def run_once(kind, a, torrent, payload, workdir, seeder, run_no):
+def run_once(kind, a, torrent, payload, workdir, seeder, tracker, run_no):
     run_dir = os.path.join(workdir, "run-%s-%d" % (kind, run_no))
     out_dir = os.path.join(run_dir, "out")
     os.makedirs(out_dir)
@@ -333,7 +388,8 @@ def run_once(kind, a, torrent, payload, workdir, seeder, run_no):
         seeder.watch(a.size)
     seed_cpu0 = seeder.cpu_s()
     t0 = time.monotonic()
-    proc, port, marker = start_leecher(kind, torrent, out_dir, run_dir, seeder, a.ringbit)
+    proc, port, marker = start_leecher(kind, torrent, out_dir, run_dir, seeder, tracker,
+                                       a.ringbit)
     deadline = t0 + a.timeout
     reaped = None
     hwm_kib = 0
@@ -449,13 +505,12 @@ def main():
         note = ringbit_has(a.ringbit, "seed")
         if note:
             die("--seeder ringbit: " + note)
-        # ringbit seed cannot be told to dial a leecher from here; transmission
-        # and aria2 only get data when the seeder dials them.
-        for kind in ("aria2", "transmission"):
-            if kind in leechers:
-                leechers.remove(kind)
-                notes.append("%s leecher skipped with the ringbit seeder: it must be dialled "
-                             "(run it through opentracker instead)" % kind)
+        # transmission never dials a 127.0.0.1 peer, and ringbit seed cannot be
+        # told to dial one from here.
+        if "transmission" in leechers:
+            leechers.remove("transmission")
+            notes.append("transmission leecher skipped with the ringbit seeder: it must be "
+                         "dialled by the seeder, which only lt_extra.py can be told to do")
     if not leechers:
         die("no leecher to run")
 
@@ -466,6 +521,7 @@ def main():
     payload = os.path.join(data_dir, "payload.bin")
     torrent = os.path.join(workdir, "payload.torrent")
     seeder = None
+    tracker = None
     try:
         t = time.monotonic()
         if not (os.path.exists(payload) and os.path.getsize(payload) == a.size):
@@ -478,12 +534,13 @@ def main():
         print("payload %.0f MiB, %d KiB pieces, ready in %.1fs (page cache warm, not dropped)"
               % (a.size / (1 << 20), (1 << a.piece_log2) >> 10, time.monotonic() - t),
               flush=True)
+        tracker = Tracker(info_hash_of(torrent), workdir)
         load_before = os.getloadavg()[0]
         seeder = Seeder(a.seeder, torrent, data_dir, workdir, a.ringbit)
         results = {k: [] for k in leechers}
         for run in range(a.runs):
             for kind in leechers:
-                r = run_once(kind, a, torrent, payload, workdir, seeder, run)
+                r = run_once(kind, a, torrent, payload, workdir, seeder, tracker, run)
                 results[kind].append(r)
                 print("  run %d %-12s %7.1f MB/s  wall %6.2fs  %5.2f CPU-s/GiB  %6.0f MiB RSS  "
                       "seeder %5.2f CPU-s/GiB" % (run + 1, kind, r["mbps"], r["wall"],
@@ -492,6 +549,8 @@ def main():
     finally:
         if seeder:
             seeder.stop()
+        if tracker:
+            tracker.stop()
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
