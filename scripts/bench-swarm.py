@@ -73,6 +73,8 @@ POLL_S = 0.01
 RSS_POLL_S = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
+# Leechers spawned and not yet reaped: killed (by pid) if the benchmark stops early.
+LIVE = {}
 
 
 def die(msg):
@@ -348,11 +350,23 @@ def start_leecher(kind, torrent, out_dir, run_dir, seeder, tracker, ringbit):
     else:
         die("unknown leecher %s" % kind)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    LIVE[proc.pid] = proc
     log.close()
     wait_listening(proc, port, kind)
     if dial:
         seeder.send("connect 127.0.0.1:%d" % port)
     return proc, port, marker
+
+
+def log_tail(run_dir, lines=30):
+    """The end of a leecher's log, for error messages (the work dir is removed)."""
+    try:
+        with open(os.path.join(run_dir, "leecher.log"), "rb") as f:
+            text = f.read().decode("utf-8", "replace").replace("\r", "\n")
+    except OSError:
+        return "(no log)"
+    kept = [l for l in text.splitlines() if l.strip()][-lines:]
+    return "\n".join("    " + l for l in kept)
 
 
 def reap(proc, limit_s):
@@ -362,6 +376,7 @@ def reap(proc, limit_s):
     while True:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
+            LIVE.pop(proc.pid, None)
             proc.returncode = os.waitstatus_to_exitcode(status)
             return proc.returncode, ru
         if time.monotonic() >= deadline:
@@ -411,11 +426,13 @@ def run_once(kind, a, torrent, payload, workdir, seeder, tracker, run_no):
             wall = time.monotonic() - t0
             reaped = got
             if marker or got[0] != 0:
-                die("%s exited with %s before completing; see %s/leecher.log" % (kind, got[0], run_dir))
+                die("%s exited with %s before completing; its log:\n%s"
+                    % (kind, got[0], log_tail(run_dir)))
             break
         if time.monotonic() > deadline:
             stop(proc, signal.SIGKILL)
-            die("%s did not complete within %ss; see %s/leecher.log" % (kind, a.timeout, run_dir))
+            die("%s did not complete within %ss; its log:\n%s"
+                % (kind, a.timeout, log_tail(run_dir)))
         time.sleep(POLL_S)
     _, ru = reaped
     seed_cpu = seeder.cpu_s() - seed_cpu0
@@ -547,6 +564,10 @@ def main():
                                                  r["cpu_per_gib"], r["rss_mib"],
                                                  r["seed_cpu_per_gib"]), flush=True)
     finally:
+        for proc in list(LIVE.values()):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=STOP_LIMIT_S)
         if seeder:
             seeder.stop()
         if tracker:
