@@ -295,12 +295,16 @@ fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
     Ok(reply[at + 4..].to_vec())
 }
 
-/// Waits until opentracker counts more peers (seeders + leechers) for the
-/// info hash than `before`.
-fn wait_registered(tracker: &Opentracker, info_hash: &str, before: u64, limit: Duration) -> bool {
-    helpers::wait_until(limit, || {
-        scrape(tracker, info_hash).map(|(s, l)| s + l > before).unwrap_or(false)
-    })
+/// Waits up to `limit` until opentracker's counts for the info hash satisfy
+/// `pred(seeders, leechers)` (e.g. a leecher has announced, so a seeder that
+/// re-announces now will learn of it).
+pub fn wait_scrape(
+    tracker: &Opentracker,
+    info_hash_hex: &str,
+    limit: Duration,
+    pred: impl Fn(u64, u64) -> bool,
+) -> bool {
+    helpers::wait_until(limit, || scrape(tracker, info_hash_hex).is_ok_and(|(s, l)| pred(s, l)))
 }
 
 // ---------------------------------------------------------------------------
@@ -532,7 +536,7 @@ impl Seeder {
         proc_.wait_listening(port, deadline.saturating_duration_since(Instant::now()));
         if let (Some(t), Some((hash, before))) = (tracker, before) {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !wait_registered(t, &hash, before, left) {
+            if !wait_scrape(t, &hash, left, |s, l| s + l > before) {
                 panic!("{}", proc_.fail("never announced to the tracker"));
             }
         }
@@ -729,6 +733,37 @@ impl Leecher {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Asserts the download under `out_dir` equals `expected` (a payload's
+    /// `save_path`), byte for byte, with one allowance: transmission 3.00 never
+    /// creates zero-length files, so for it (only) a missing file passes when
+    /// the expected one is empty. Every other kind must match exactly
+    /// (`helpers::assert_same_tree`).
+    pub fn assert_same_as(&self, expected: &Path) {
+        if self.kind != PeerKind::Transmission {
+            return helpers::assert_same_tree(expected, &self.out_dir);
+        }
+        let mut stack = vec![PathBuf::new()];
+        let mut compared = 0;
+        while let Some(rel) = stack.pop() {
+            let e = expected.join(&rel);
+            if e.is_dir() {
+                for entry in std::fs::read_dir(&e).unwrap() {
+                    stack.push(rel.join(entry.unwrap().file_name()));
+                }
+                continue;
+            }
+            let a = self.out_dir.join(&rel);
+            let want = std::fs::read(&e).unwrap();
+            if want.is_empty() && !a.exists() {
+                continue;
+            }
+            let got = std::fs::read(&a).unwrap_or_else(|err| panic!("{}: {err}", a.display()));
+            assert!(want == got, "{} differs from {}", a.display(), e.display());
+            compared += 1;
+        }
+        assert!(compared > 0, "no files compared under {}", expected.display());
     }
 
     /// Still running?

@@ -7,6 +7,14 @@ needs from a seeder: commands on stdin while it runs, announce events, and
 upload timing measured at the seeder. Run with Debian's interpreter:
 
   /usr/bin/python3 tests/peers/lt_extra.py seed TORRENT SAVE_PATH --port P [--peer H:P]...
+  /usr/bin/python3 tests/peers/lt_extra.py leech TORRENT SAVE_PATH --port P [--peer H:P]...
+
+leech downloads and exits 0 when complete, printing {"event":"done","seconds":S,"bytes":B}
+(exit 1 with {"event":"timeout"} past --timeout). Unlike lt_tool.py leech it
+asks libtorrent only for status and error alerts, so a benchmark does not
+charge libtorrent for per-block alerts that Python has to unpack.
+
+seed output and commands:
 
 Output: one JSON object per line on stdout ("event" names the kind):
   {"event":"listening","port":P}                  ready: the torrent is added in seed_mode
@@ -149,17 +157,42 @@ def cmd_seed(a):
     return 0
 
 
+def cmd_leech(a):
+    ses = session(a.port)
+    p = lt.add_torrent_params()
+    p.ti = lt.torrent_info(a.torrent)
+    p.save_path = a.save_path
+    p.flags &= ~lt.torrent_flags.auto_managed
+    p.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(p)
+    for peer in a.peer or []:
+        h.connect_peer(parse_peer(peer))
+    emit({"event": "listening", "port": ses.listen_port()})
+    start = time.monotonic()
+    deadline = start + a.timeout
+    while time.monotonic() < deadline:
+        ses.wait_for_alert(100)
+        ses.pop_alerts()
+        st = h.status()
+        if st.is_seeding:
+            emit({"event": "done", "seconds": time.monotonic() - start, "bytes": st.total_wanted})
+            return 0
+    emit({"event": "timeout", "progress": h.status().progress})
+    return 1
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("seed")
-    s.add_argument("torrent")
-    s.add_argument("save_path")
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--peer", action="append")
-    s.add_argument("--timeout", type=float, default=3600.0)
+    for name in ("seed", "leech"):
+        s = sub.add_parser(name)
+        s.add_argument("torrent")
+        s.add_argument("save_path")
+        s.add_argument("--port", type=int, default=0)
+        s.add_argument("--peer", action="append")
+        s.add_argument("--timeout", type=float, default=3600.0)
     a = ap.parse_args()
-    sys.exit(cmd_seed(a) or 0)
+    sys.exit({"seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0)
 
 
 if __name__ == "__main__":
