@@ -42,6 +42,16 @@ pub const METAINFO_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// creation; some torrents in the wild use 256 MiB).
 pub const PIECE_LENGTH_MAX: u64 = 256 * 1024 * 1024;
 
+/// Most bencode values in one `.torrent` (libtorrent's limit too): ~7 per
+/// file, so about 280,000 files.
+pub const METAINFO_TOKENS_MAX: usize = 2_000_000;
+
+/// The decode limits for `.torrent` files and `info` dictionaries.
+pub const METAINFO_DECODE_LIMITS: bencode::DecodeLimits = bencode::DecodeLimits {
+    depth_max: bencode::DEPTH_MAX_DEFAULT,
+    tokens_max: METAINFO_TOKENS_MAX,
+};
+
 /// Why a `.torrent` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
@@ -184,7 +194,7 @@ impl Info {
     /// Parses and validates a bencoded `info` dictionary (as fetched over
     /// BEP 9), returning it with its info hash.
     pub fn from_bytes(info_bytes: &[u8]) -> Result<(InfoHash, Info), MetainfoError> {
-        let value = bencode::decode(info_bytes)?;
+        let value = bencode::decode_with(info_bytes, METAINFO_DECODE_LIMITS)?;
         let info = parse_info(&value)?;
         Ok((InfoHash(crate::hash::sha1(info_bytes)), info))
     }
@@ -228,7 +238,7 @@ pub struct Metainfo {
 impl Metainfo {
     /// Parses and validates a `.torrent` file's bytes.
     pub fn from_bytes(input: &[u8]) -> Result<Metainfo, MetainfoError> {
-        let root = bencode::decode(input)?;
+        let root = bencode::decode_with(input, METAINFO_DECODE_LIMITS)?;
         let dict = root.as_dict().ok_or(MetainfoError::NotADictionary)?;
         let info_value = dict.get(b"info").ok_or(MetainfoError::Missing("info"))?;
         let info = parse_info(info_value)?;
@@ -363,6 +373,19 @@ fn file_length(index: usize, value: Option<&Value<'_>>) -> Result<u64, MetainfoE
     u64::try_from(length).map_err(|_| MetainfoError::NegativeLength { index, length })
 }
 
+/// Rejects two non-pad files with one path (they would overwrite each
+/// other). Sorting references costs no allocation per file, and torrents are
+/// usually sorted already.
+fn check_distinct_paths(files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let mut paths: Vec<&[String]> =
+        files.iter().filter(|f| !f.pad).map(|f| f.path.as_slice()).collect();
+    paths.sort_unstable();
+    match paths.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(MetainfoError::DuplicatePath(pair[0].join("/"))),
+        None => Ok(()),
+    }
+}
+
 /// Validates the `info` dictionary (see the module invariants).
 fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
     let dict = value.as_dict().ok_or_else(|| wrong_type("info", "a dictionary", value))?;
@@ -412,7 +435,6 @@ fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
             }
             let mut files = Vec::with_capacity(list.len());
             let mut offset = 0u64;
-            let mut seen = std::collections::HashSet::with_capacity(list.len());
             for (index, file) in list.iter().enumerate() {
                 if file.as_dict().is_none() {
                     return Err(wrong_type(&format!("files[{index}]"), "a dictionary", file));
@@ -444,12 +466,10 @@ fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
                 let pad =
                     file.get(b"attr").and_then(Value::as_bytes).is_some_and(|a| a.contains(&b'p'))
                         || path.last().is_some_and(|p| p.starts_with("_____padding_file_"));
-                if !pad && !seen.insert(path.clone()) {
-                    return Err(MetainfoError::DuplicatePath(path.join("/")));
-                }
                 files.push(FileEntry { path, length, offset, pad });
                 offset = offset.checked_add(length).ok_or(MetainfoError::TotalLengthOverflow)?;
             }
+            check_distinct_paths(&files)?;
             (files, true)
         }
     };
