@@ -61,10 +61,8 @@ impl Transfer {
         let peers = status.peers.load(Ordering::Relaxed);
         let eta = if complete {
             "seeding".to_string()
-        } else if down > 0 {
-            format!("ETA {}s", left / down)
         } else {
-            "ETA -".to_string()
+            left.checked_div(down).map_or("ETA -".to_string(), |s| format!("ETA {s}s"))
         };
         let msg =
             format!("down {}/s up {}/s peers {peers} {eta}", HumanBytes(down), HumanBytes(up));
@@ -76,7 +74,7 @@ impl Transfer {
             None => {
                 if self.last_log.get().elapsed() >= LOG_INTERVAL {
                     self.last_log.set(Instant::now());
-                    let percent = if self.total == 0 { 100 } else { done * 100 / self.total };
+                    let percent = (done * 100).checked_div(self.total).unwrap_or(100);
                     eprintln!(
                         "{}: {percent}% {}/{} {msg}",
                         self.name,
