@@ -8,3 +8,4 @@
 mod helpers;
 
 mod foundation;
+mod trackers;
