@@ -25,7 +25,7 @@ use crate::tracker::schedule::{AnnounceJob, Announcer, ScheduleConfig, TrackerSt
 use crate::tracker::{AnnounceReply, AnnounceRequest, Event, TrackerUrl, UrlError};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -398,6 +398,9 @@ struct Context {
 struct TorrentTask {
     commands: mpsc::Sender<TorrentCommand>,
     join: JoinHandle<()>,
+    /// Set (under the status lock) when the torrent is removed, so the task
+    /// never republishes a status the dispatcher has just withdrawn.
+    removed: Arc<AtomicBool>,
 }
 
 async fn dispatch(
@@ -421,6 +424,7 @@ async fn dispatch(
                     continue;
                 }
                 let (sender, receiver) = mpsc::channel(TORRENT_QUEUE_DEPTH);
+                let removed = Arc::new(AtomicBool::new(false));
                 let seed = context.config.shuffle_seed ^ u64::from_le_bytes(first8(&info_hash));
                 let announcer =
                     Announcer::new(&tiers, seed, context.config.schedule, Instant::now());
@@ -443,7 +447,11 @@ async fn dispatch(
             }
             Command::Remove(info_hash) => {
                 if let Some(task) = torrents.remove(&info_hash) {
-                    context.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&info_hash);
+                    {
+                        let mut status = context.status.lock().unwrap_or_else(|p| p.into_inner());
+                        task.removed.store(true, Ordering::Relaxed);
+                        status.remove(&info_hash);
+                    }
                     // A full queue means the task is busy; Stop still has to
                     // arrive, so wait for room (bounded by the task's progress).
                     let _ = task.commands.send(TorrentCommand::Stop).await;
@@ -512,6 +520,7 @@ async fn run_torrent(
     listen_port: u16,
     counters: Arc<TorrentCounters>,
     mut commands: mpsc::Receiver<TorrentCommand>,
+    removed: Arc<AtomicBool>,
 ) {
     let sink = &context.sinks[info_hash.shard(context.sinks.len())];
     let mut known: HashSet<SocketAddr> = HashSet::new();
@@ -531,7 +540,7 @@ async fn run_torrent(
                 in_flight = Some((job.id, join));
             }
         }
-        publish(&context, info_hash, &announcer);
+        publish(&context, info_hash, &announcer, &removed);
         let wake = announcer.next_wakeup().map(tokio::time::Instant::from_std);
         tokio::select! {
             result = async { (&mut in_flight.as_mut().expect("guarded").1).await },
@@ -627,12 +636,15 @@ fn fresh_peers(
     fresh
 }
 
-fn publish(context: &Context, info_hash: InfoHash, announcer: &Announcer) {
+fn publish(context: &Context, info_hash: InfoHash, announcer: &Announcer, removed: &AtomicBool) {
     if announcer.is_stopped() {
         return;
     }
     let status = announcer.status();
-    context.status.lock().unwrap_or_else(|p| p.into_inner()).insert(info_hash, status);
+    let mut map = context.status.lock().unwrap_or_else(|p| p.into_inner());
+    if !removed.load(Ordering::Relaxed) {
+        map.insert(info_hash, status);
+    }
 }
 
 #[cfg(test)]
