@@ -435,9 +435,10 @@ async fn dispatch(
                     listen_port,
                     counters,
                     receiver,
+                    removed.clone(),
                 );
-                torrents
-                    .insert(info_hash, TorrentTask { commands: sender, join: tokio::spawn(task) });
+                let join = tokio::spawn(task);
+                torrents.insert(info_hash, TorrentTask { commands: sender, join, removed });
             }
             Command::Completed(info_hash) => {
                 forward(&torrents, &info_hash, TorrentCommand::Completed)

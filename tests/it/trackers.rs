@@ -353,7 +353,7 @@ fn announce_reads_a_torrent_file_with_tiers() {
 const SHORT_UDP: [&str; 4] = ["--udp-timeout-ms", "100", "--udp-retries", "2"];
 
 /// Goal: every broken tracker yields its own clear error while a good one
-/// still answers. Setup: one magnet listing seven broken fakes and a real
+/// still answers. Setup: one magnet listing nine broken fakes and a real
 /// opentracker. Check: exit 0, each error names its cause, opentracker ok.
 #[test]
 fn broken_trackers_give_clear_errors_and_the_good_one_answers() {
@@ -370,7 +370,11 @@ fn broken_trackers_give_clear_errors_and_the_good_one_answers() {
     let wrong_txid = FakeUdp::start(UdpBehavior::WrongTransactionId);
     let silent = FakeUdp::start(UdpBehavior::Silent);
     let error = FakeUdp::start(UdpBehavior::Error);
+    // HTTPS to a plain-HTTP server: the rustls handshake fails cleanly.
+    let plain = FakeHttp::start(HttpBehavior::Reply(200, compact_reply(60, &[])));
+    let https = format!("https://127.0.0.1:{}/announce", plain.port);
     let urls = vec![
+        https.clone(),
         failure.url(),
         garbage.url(),
         status500.url(),
@@ -406,6 +410,8 @@ fn broken_trackers_give_clear_errors_and_the_good_one_answers() {
     assert_eq!(silent.datagram_count(), 3);
     let e = error_of(result_for(&json, &error.url()));
     assert_eq!(e, "tracker error: fake tracker says no");
+    let e = error_of(result_for(&json, &https));
+    assert!(e.starts_with("HTTP request failed"), "{e}");
 }
 
 /// Goal: exit status 1 when no tracker answers, and the HTTP announce carries
