@@ -153,9 +153,10 @@ pub fn scan(root: &Path) -> Result<Vec<SourceFile>, CreateError> {
         return Err(CreateError::NotFileOrDirectory(root.to_path_buf()));
     }
     use std::os::unix::fs::MetadataExt;
-    // Each directory to visit carries its elements and the (dev, inode) of
-    // itself and its ancestors, to recognise loops.
-    let mut stack: Vec<(PathBuf, Vec<String>, Vec<(u64, u64)>)> =
+    /// A directory still to visit: where it is, its path elements, and the
+    /// (device, inode) of itself and its ancestors, to recognise loops.
+    type Pending = (PathBuf, Vec<String>, Vec<(u64, u64)>);
+    let mut stack: Vec<Pending> =
         vec![(root.to_path_buf(), Vec::new(), vec![(meta.dev(), meta.ino())])];
     let mut files = Vec::new();
     while let Some((dir, elements, ancestors)) = stack.pop() {

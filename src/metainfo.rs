@@ -42,6 +42,16 @@ pub const METAINFO_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// creation; some torrents in the wild use 256 MiB).
 pub const PIECE_LENGTH_MAX: u64 = 256 * 1024 * 1024;
 
+/// Most bencode values in one `.torrent` (libtorrent's limit too): ~7 per
+/// file, so about 280,000 files.
+pub const METAINFO_TOKENS_MAX: usize = 2_000_000;
+
+/// The decode limits for `.torrent` files and `info` dictionaries.
+pub const METAINFO_DECODE_LIMITS: bencode::DecodeLimits = bencode::DecodeLimits {
+    depth_max: bencode::DEPTH_MAX_DEFAULT,
+    tokens_max: METAINFO_TOKENS_MAX,
+};
+
 /// Why a `.torrent` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
@@ -184,7 +194,7 @@ impl Info {
     /// Parses and validates a bencoded `info` dictionary (as fetched over
     /// BEP 9), returning it with its info hash.
     pub fn from_bytes(info_bytes: &[u8]) -> Result<(InfoHash, Info), MetainfoError> {
-        let value = bencode::decode(info_bytes)?;
+        let value = bencode::decode_with(info_bytes, METAINFO_DECODE_LIMITS)?;
         let info = parse_info(&value)?;
         Ok((InfoHash(crate::hash::sha1(info_bytes)), info))
     }
@@ -228,7 +238,7 @@ pub struct Metainfo {
 impl Metainfo {
     /// Parses and validates a `.torrent` file's bytes.
     pub fn from_bytes(input: &[u8]) -> Result<Metainfo, MetainfoError> {
-        let root = bencode::decode(input)?;
+        let root = bencode::decode_with(input, METAINFO_DECODE_LIMITS)?;
         let dict = root.as_dict().ok_or(MetainfoError::NotADictionary)?;
         let info_value = dict.get(b"info").ok_or(MetainfoError::Missing("info"))?;
         let info = parse_info(info_value)?;
