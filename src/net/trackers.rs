@@ -22,7 +22,7 @@ use super::tracker_http::{HttpTracker, HttpTrackerError, HTTP_TIMEOUT_MS_DEFAULT
 use super::tracker_udp::{UdpRetryConfig, UdpTracker, UdpTrackerError};
 use crate::metainfo::InfoHash;
 use crate::tracker::schedule::{AnnounceJob, Announcer, ScheduleConfig, TrackerStatus};
-use crate::tracker::{AnnounceReply, AnnounceRequest, Event, TrackerUrl, UrlError};
+use crate::tracker::{AnnounceReply, AnnounceRequest, Event, ScrapeStats, TrackerUrl, UrlError};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,7 +177,7 @@ pub enum TrackersError {
     Http(#[from] HttpTrackerError),
 }
 
-/// Why one announce failed: the per-tracker error `ringbit` shows.
+/// Why one announce (or scrape) failed: the per-tracker error `ringbit` shows.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("{0}")]
@@ -217,6 +217,30 @@ impl Transports {
                 TrackerUrl::Http(url) => Ok(self.http.announce(&url, request).await?),
                 TrackerUrl::Udp { host, port, path_query } => {
                     Ok(self.udp.announce(&host, port, &path_query, request).await?)
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(AnnounceError::TimedOut(timeout_ms)),
+        }
+    }
+}
+
+impl Transports {
+    /// Scrapes one torrent from the tracker behind the announce URL `url`
+    /// (HTTP: BEP 48 URL convention; UDP: BEP 15 scrape), bounded by `timeout_ms`.
+    pub async fn scrape(
+        &self,
+        url: &str,
+        info_hash: &InfoHash,
+        timeout_ms: u64,
+    ) -> Result<ScrapeStats, AnnounceError> {
+        let work = async {
+            match TrackerUrl::parse(url)? {
+                TrackerUrl::Http(url) => Ok(self.http.scrape(&url, info_hash).await?),
+                TrackerUrl::Udp { host, port, .. } => {
+                    Ok(self.udp.scrape(&host, port, info_hash).await?)
                 }
             }
         };

@@ -271,8 +271,8 @@ fn compact_reply(interval: u32, peers: &[SocketAddr]) -> Vec<u8> {
 /// Goal: two announces for one torrent from different ports see each other
 /// through a real tracker, and `stopped` really removes us.
 /// Setup: opentracker with the torrent whitelisted; run A with `--no-stopped`,
-/// then B, then C. Check: B lists A's port; C lists A but not B (B announced
-/// `stopped`).
+/// then B (with `--scrape`), then C. Check: B lists A's port and its scrape
+/// counts both; C lists A but not B (B announced `stopped`).
 fn two_announces_see_each_other(url_of: impl Fn(&Opentracker) -> String) {
     let info_hash = random_info_hash();
     let tracker = Opentracker::start(&[info_hash.to_hex()]);
@@ -283,12 +283,15 @@ fn two_announces_see_each_other(url_of: impl Fn(&Opentracker) -> String) {
     assert!(ok, "{first:#}");
     assert_eq!(result_for(&first, &url)["ok"], true);
 
-    let (ok, second) = announce_json(&target, &["--port", &b.to_string()]);
+    let (ok, second) = announce_json(&target, &["--port", &b.to_string(), "--scrape"]);
     assert!(ok, "{second:#}");
     let seen = peers_of(result_for(&second, &url));
     assert!(seen.contains(&format!("127.0.0.1:{a}")), "B should see A: {second:#}");
     assert!(!seen.contains(&format!("127.0.0.1:{b}")), "our own address is filtered: {second:#}");
     assert!(result_for(&second, &url)["leechers"].as_u64().unwrap() >= 2);
+    // The scrape (after B's announce, before its stopped) counts A and B.
+    let scrape = &result_for(&second, &url)["scrape"];
+    assert!(scrape["leechers"].as_u64().expect("scrape leechers") >= 2, "{second:#}");
 
     let (ok, third) = announce_json(&target, &["--port", &c.to_string()]);
     assert!(ok, "{third:#}");
