@@ -110,7 +110,8 @@ impl FakeHttp {
                     }
                 };
                 stream.set_nonblocking(false).unwrap();
-                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // A TLS ClientHello never ends in a blank line: give up on it soon.
+                stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1024];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -172,6 +173,9 @@ enum UdpBehavior {
     WrongTransactionId,
     /// Answers connect, then a BEP 15 error.
     Error,
+    /// Answers connect and announce; announce replies carry two IPv6 peers
+    /// ([::2]:7000, [::3]:7001) when bound on ::1, else two IPv4 ones.
+    Good,
 }
 
 struct FakeUdp {
@@ -183,7 +187,12 @@ struct FakeUdp {
 
 impl FakeUdp {
     fn start(behavior: UdpBehavior) -> FakeUdp {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        FakeUdp::start_on("127.0.0.1:0", behavior)
+    }
+
+    fn start_on(bind: &str, behavior: UdpBehavior) -> FakeUdp {
+        let socket = UdpSocket::bind(bind).unwrap();
+        let v6 = socket.local_addr().unwrap().is_ipv6();
         socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let port = socket.local_addr().unwrap().port();
         let datagrams = Arc::new(Mutex::new(Vec::new()));
@@ -225,6 +234,23 @@ impl FakeUdp {
                         reply.extend_from_slice(&txid.to_be_bytes());
                         reply.extend_from_slice(b"fake tracker says no");
                     }
+                    (UdpBehavior::Good, _) => {
+                        reply.extend_from_slice(&1u32.to_be_bytes());
+                        reply.extend_from_slice(&txid.to_be_bytes());
+                        for n in [1800u32, 1, 1] {
+                            reply.extend_from_slice(&n.to_be_bytes());
+                        }
+                        for (last, port) in [(2u8, 7000u16), (3, 7001)] {
+                            if v6 {
+                                let mut ip = [0u8; 16];
+                                ip[15] = last;
+                                reply.extend_from_slice(&ip);
+                            } else {
+                                reply.extend_from_slice(&[10, 0, 0, last]);
+                            }
+                            reply.extend_from_slice(&port.to_be_bytes());
+                        }
+                    }
                 }
                 let _ = socket.send_to(&reply, from);
             }
@@ -234,6 +260,10 @@ impl FakeUdp {
 
     fn url(&self) -> String {
         format!("udp://127.0.0.1:{}/announce", self.port)
+    }
+
+    fn datagrams(&self) -> Vec<Vec<u8>> {
+        self.datagrams.lock().unwrap().clone()
     }
 
     fn datagram_count(&self) -> usize {
@@ -588,4 +618,41 @@ fn subsystem_shutdown_announces_stopped_for_all() {
     let stopped = requests.iter().filter(|r| r.contains("event=stopped")).count();
     assert_eq!(stopped, 2, "{requests:?}");
     assert!(handle.shutdown().is_ok(), "a second shutdown is a no-op");
+}
+
+/// Goal: a UDP tracker reached over IPv6 answers with 18-byte peers, the
+/// connection id is reused within its minute, and the URL path goes out as a
+/// BEP 41 option. Setup: a fake UDP tracker on [::1], one torrent, one
+/// re-announce. Check: both IPv6 peers reach the sink; the tracker saw
+/// connect, announce, announce; the announce ends with URLData "/announce".
+#[test]
+fn subsystem_udp_over_ipv6_reuses_the_connection_id() {
+    let fake = FakeUdp::start_on("[::1]:0", UdpBehavior::Good);
+    let url = format!("udp://[::1]:{}/announce", fake.port);
+    let (sink, mut rx) = PeerSink::channel(4);
+    let handle = TrackerHandle::start(test_config(), vec![sink]).unwrap();
+    let info_hash = random_info_hash();
+    handle.add_torrent(info_hash, vec![vec![url]], 7300, TorrentCounters::new(1)).unwrap();
+    let mut batch = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            batch = rx.try_recv().ok();
+            batch.is_some()
+        }),
+        "no peers; status: {:#?}",
+        handle.status(&info_hash)
+    );
+    let expected: Vec<SocketAddr> =
+        vec!["[::2]:7000".parse().unwrap(), "[::3]:7001".parse().unwrap()];
+    assert_eq!(batch.unwrap().peers, expected);
+    handle.reannounce(info_hash).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || fake.datagram_count() >= 3));
+    handle.shutdown().unwrap();
+    let actions: Vec<u32> =
+        fake.datagrams().iter().map(|d| u32::from_be_bytes(d[8..12].try_into().unwrap())).collect();
+    // connect, announce (started), announce (regular), announce (stopped)
+    assert_eq!(actions, vec![0, 1, 1, 1], "one connect for every announce within a minute");
+    let announce = &fake.datagrams()[1];
+    assert_eq!(&announce[98..], b"\x02\x09/announce", "BEP 41 URLData");
+    assert_eq!(u32::from_be_bytes(announce[80..84].try_into().unwrap()), 2, "event started");
 }
