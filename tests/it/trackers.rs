@@ -298,6 +298,25 @@ fn compact_reply(interval: u32, peers: &[SocketAddr]) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Against opentracker
 
+/// opentracker with `info_hash` whitelisted, once it really serves it: it
+/// accepts connections before its whitelist is loaded and before its UDP
+/// socket is bound. Probed with announces (then `stopped`, so the swarm stays
+/// empty), a bounded number of times.
+fn ready_opentracker(info_hash: &InfoHash) -> Opentracker {
+    let tracker = Opentracker::start(&[info_hash.to_hex()]);
+    let probe = magnet(info_hash, &[tracker.http_announce(), tracker.udp_announce()]);
+    let port = free_port().to_string();
+    let mut last = serde_json::Value::Null;
+    let ready = wait_until(Duration::from_secs(15), || {
+        let (_, json) = announce_json(&probe, &["--port", &port, "--timeout-secs", "2"]);
+        let all_ok = json["trackers"].as_array().is_some_and(|t| t.iter().all(|r| r["ok"] == true));
+        last = json;
+        all_ok
+    });
+    assert!(ready, "opentracker never served the torrent: {last:#}");
+    tracker
+}
+
 /// Goal: two announces for one torrent from different ports see each other
 /// through a real tracker, and `stopped` really removes us.
 /// Setup: opentracker with the torrent whitelisted; run A with `--no-stopped`,
@@ -305,20 +324,12 @@ fn compact_reply(interval: u32, peers: &[SocketAddr]) -> Vec<u8> {
 /// counts both; C lists A but not B (B announced `stopped`).
 fn two_announces_see_each_other(url_of: impl Fn(&Opentracker) -> String) {
     let info_hash = random_info_hash();
-    let tracker = Opentracker::start(&[info_hash.to_hex()]);
+    let tracker = ready_opentracker(&info_hash);
     let url = url_of(&tracker);
     let target = magnet(&info_hash, std::slice::from_ref(&url));
     let (a, b, c) = (free_port(), free_port(), free_port());
-    // opentracker accepts connections before its whitelist is loaded and
-    // before its UDP socket is bound: A doubles as the readiness probe,
-    // retried a bounded number of times.
-    let mut first = serde_json::Value::Null;
-    let ready = wait_until(Duration::from_secs(10), || {
-        let (ok, json) = announce_json(&target, &["--port", &a.to_string(), "--no-stopped"]);
-        first = json;
-        ok
-    });
-    assert!(ready, "opentracker never accepted A: {first:#}");
+    let (ok, first) = announce_json(&target, &["--port", &a.to_string(), "--no-stopped"]);
+    assert!(ok, "{first:#}");
     assert_eq!(result_for(&first, &url)["ok"], true);
 
     let (ok, second) = announce_json(&target, &["--port", &b.to_string(), "--scrape"]);
@@ -372,7 +383,7 @@ fn announce_reads_a_torrent_file_with_tiers() {
     };
     make("http://127.0.0.1:1/announce", "udp://127.0.0.1:1");
     let info_hash = Metainfo::from_file(&torrent).unwrap().info_hash;
-    let tracker = Opentracker::start(&[info_hash.to_hex()]);
+    let tracker = ready_opentracker(&info_hash);
     make(&tracker.http_announce(), &tracker.udp_announce());
     let meta = Metainfo::from_file(&torrent).unwrap();
     assert_eq!(meta.tracker_tiers().len(), 2, "{:?}", meta.tracker_tiers());
@@ -399,7 +410,7 @@ const SHORT_UDP: [&str; 4] = ["--udp-timeout-ms", "100", "--udp-retries", "2"];
 #[test]
 fn broken_trackers_give_clear_errors_and_the_good_one_answers() {
     let info_hash = random_info_hash();
-    let good = Opentracker::start(&[info_hash.to_hex()]);
+    let good = ready_opentracker(&info_hash);
     let failure = FakeHttp::start(HttpBehavior::Reply(
         200,
         b"d14:failure reason20:you are not welcome!e".to_vec(),
