@@ -34,6 +34,8 @@ use tokio::task::JoinHandle;
 /// Commands queued from shards and the session before `add_torrent` etc. fail
 /// with [`TrackersError::Busy`].
 pub const COMMAND_QUEUE_DEPTH: usize = 4096;
+/// Most torrents announced at once; more are refused with a warning.
+pub const TORRENTS_MAX: usize = 100_000;
 /// Commands queued per torrent task.
 const TORRENT_QUEUE_DEPTH: usize = 16;
 /// Default number of peers asked for per announce.
@@ -445,6 +447,10 @@ async fn dispatch(
         match command {
             Command::Add { info_hash, tiers, listen_port, counters } => {
                 if torrents.contains_key(&info_hash) {
+                    continue;
+                }
+                if torrents.len() >= TORRENTS_MAX {
+                    tracing::warn!(%info_hash, "tracker subsystem full ({TORRENTS_MAX} torrents): not announced");
                     continue;
                 }
                 let (sender, receiver) = mpsc::channel(TORRENT_QUEUE_DEPTH);
