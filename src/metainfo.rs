@@ -373,6 +373,19 @@ fn file_length(index: usize, value: Option<&Value<'_>>) -> Result<u64, MetainfoE
     u64::try_from(length).map_err(|_| MetainfoError::NegativeLength { index, length })
 }
 
+/// Rejects two non-pad files with one path (they would overwrite each
+/// other). Sorting references costs no allocation per file, and torrents are
+/// usually sorted already.
+fn check_distinct_paths(files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let mut paths: Vec<&[String]> =
+        files.iter().filter(|f| !f.pad).map(|f| f.path.as_slice()).collect();
+    paths.sort_unstable();
+    match paths.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(MetainfoError::DuplicatePath(pair[0].join("/"))),
+        None => Ok(()),
+    }
+}
+
 /// Validates the `info` dictionary (see the module invariants).
 fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
     let dict = value.as_dict().ok_or_else(|| wrong_type("info", "a dictionary", value))?;
@@ -422,7 +435,6 @@ fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
             }
             let mut files = Vec::with_capacity(list.len());
             let mut offset = 0u64;
-            let mut seen = std::collections::HashSet::with_capacity(list.len());
             for (index, file) in list.iter().enumerate() {
                 if file.as_dict().is_none() {
                     return Err(wrong_type(&format!("files[{index}]"), "a dictionary", file));
@@ -454,12 +466,10 @@ fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
                 let pad =
                     file.get(b"attr").and_then(Value::as_bytes).is_some_and(|a| a.contains(&b'p'))
                         || path.last().is_some_and(|p| p.starts_with("_____padding_file_"));
-                if !pad && !seen.insert(path.clone()) {
-                    return Err(MetainfoError::DuplicatePath(path.join("/")));
-                }
                 files.push(FileEntry { path, length, offset, pad });
                 offset = offset.checked_add(length).ok_or(MetainfoError::TotalLengthOverflow)?;
             }
+            check_distinct_paths(&files)?;
             (files, true)
         }
     };
