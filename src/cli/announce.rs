@@ -5,7 +5,7 @@
 //! `net::trackers`, announces `started` to every tracker concurrently (each
 //! bounded by `--timeout-secs`), prints the results, then announces `stopped`
 //! to the trackers that answered so we do not linger in their swarms (unless
-//! `--no-stopped`). Exit 0 when at least one tracker answered, 1 otherwise.
+//! `--no-stopped`). `--scrape` also scrapes every tracker after the announce. Exit 0 when at least one tracker answered, 1 otherwise.
 
 use crate::magnet::Magnet;
 use crate::metainfo::{InfoHash, Metainfo};
@@ -43,6 +43,9 @@ pub struct Args {
     /// Do not announce `stopped` afterwards (the trackers keep listing us).
     #[arg(long)]
     pub no_stopped: bool,
+    /// Also scrape each tracker (after the announce) and print its totals.
+    #[arg(long)]
+    pub scrape: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +100,21 @@ struct TrackerResult {
     min_interval_secs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scrape: Option<ScrapeResult>,
+}
+
+/// A tracker's scrape totals, or why the scrape failed.
+#[derive(serde::Serialize)]
+struct ScrapeResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seeders: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leechers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -104,6 +122,12 @@ struct Report {
     info_hash: String,
     port: u16,
     trackers: Vec<TrackerResult>,
+}
+
+impl ScrapeResult {
+    fn none() -> ScrapeResult {
+        ScrapeResult { seeders: None, completed: None, leechers: None, error: None }
+    }
 }
 
 fn result_of(
@@ -127,6 +151,7 @@ fn result_of(
                 interval_secs: Some(reply.interval_secs),
                 min_interval_secs: reply.min_interval_secs,
                 warning: reply.warning,
+                scrape: None,
             }
         }
         Err(error) => TrackerResult {
@@ -140,6 +165,7 @@ fn result_of(
             interval_secs: None,
             min_interval_secs: None,
             warning: None,
+            scrape: None,
         },
     }
 }
@@ -165,6 +191,16 @@ fn print_text(report: &Report) {
         }
         for peer in &t.peers {
             println!("  peer {peer}");
+        }
+        match &t.scrape {
+            Some(ScrapeResult { error: Some(error), .. }) => println!("  scrape error: {error}"),
+            Some(s) => println!(
+                "  scrape: {} seeders, {} completed, {} leechers",
+                count(s.seeders),
+                count(s.completed),
+                count(s.leechers)
+            ),
+            None => {}
         }
     }
 }
@@ -227,6 +263,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             answered.push((url.clone(), reply.tracker_id.clone()));
         }
         results.push(result_of(url, tier, outcome, args.port));
+    }
+    if args.scrape {
+        let scrapes = runtime.block_on(async {
+            let tasks: Vec<_> = results
+                .iter()
+                .map(|r| {
+                    let (transports, url) = (transports.clone(), r.url.clone());
+                    let info_hash = target.info_hash;
+                    tokio::spawn(
+                        async move { transports.scrape(&url, &info_hash, timeout_ms).await },
+                    )
+                })
+                .collect();
+            let mut scrapes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                scrapes.push(task.await);
+            }
+            scrapes
+        });
+        for (result, scrape) in results.iter_mut().zip(scrapes) {
+            result.scrape = Some(match scrape {
+                Ok(Ok(stats)) => ScrapeResult {
+                    seeders: Some(stats.seeders),
+                    completed: Some(stats.completed),
+                    leechers: Some(stats.leechers),
+                    error: None,
+                },
+                Ok(Err(error)) => {
+                    ScrapeResult { error: Some(error.to_string()), ..ScrapeResult::none() }
+                }
+                Err(error) => ScrapeResult {
+                    error: Some(format!("scrape task failed: {error}")),
+                    ..ScrapeResult::none()
+                },
+            });
+        }
     }
     let report =
         Report { info_hash: target.info_hash.to_hex(), port: args.port, trackers: results };

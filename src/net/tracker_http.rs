@@ -22,8 +22,11 @@ pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Bound on the TCP + TLS connect alone.
 pub const HTTP_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
-/// Idle connections kept per tracker host.
-const POOL_IDLE_PER_HOST: usize = 2;
+/// Idle connections kept per tracker host: none. Announces are minutes
+/// apart, and trackers such as opentracker close the connection after each
+/// reply, so a pooled connection would only race with that close (a request
+/// sent on it fails with "connection closed before message completed").
+const POOL_IDLE_PER_HOST: usize = 0;
 
 /// `User-Agent` sent to trackers.
 pub const USER_AGENT: &str = concat!("ringbit/", env!("CARGO_PKG_VERSION"));
@@ -47,7 +50,7 @@ pub enum HttpTrackerError {
     NoScrape,
 }
 
-/// The HTTP tracker client. Cheap to clone (the connection pool is shared).
+/// The HTTP tracker client. Cheap to clone (shares TLS configuration and DNS).
 #[derive(Clone, Debug)]
 pub struct HttpTracker {
     client: reqwest::Client,

@@ -22,10 +22,10 @@ use super::tracker_http::{HttpTracker, HttpTrackerError, HTTP_TIMEOUT_MS_DEFAULT
 use super::tracker_udp::{UdpRetryConfig, UdpTracker, UdpTrackerError};
 use crate::metainfo::InfoHash;
 use crate::tracker::schedule::{AnnounceJob, Announcer, ScheduleConfig, TrackerStatus};
-use crate::tracker::{AnnounceReply, AnnounceRequest, Event, TrackerUrl, UrlError};
+use crate::tracker::{AnnounceReply, AnnounceRequest, Event, ScrapeStats, TrackerUrl, UrlError};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -34,6 +34,8 @@ use tokio::task::JoinHandle;
 /// Commands queued from shards and the session before `add_torrent` etc. fail
 /// with [`TrackersError::Busy`].
 pub const COMMAND_QUEUE_DEPTH: usize = 4096;
+/// Most torrents announced at once; more are refused with a warning.
+pub const TORRENTS_MAX: usize = 100_000;
 /// Commands queued per torrent task.
 const TORRENT_QUEUE_DEPTH: usize = 16;
 /// Default number of peers asked for per announce.
@@ -177,7 +179,7 @@ pub enum TrackersError {
     Http(#[from] HttpTrackerError),
 }
 
-/// Why one announce failed: the per-tracker error `ringbit` shows.
+/// Why one announce (or scrape) failed: the per-tracker error `ringbit` shows.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("{0}")]
@@ -217,6 +219,30 @@ impl Transports {
                 TrackerUrl::Http(url) => Ok(self.http.announce(&url, request).await?),
                 TrackerUrl::Udp { host, port, path_query } => {
                     Ok(self.udp.announce(&host, port, &path_query, request).await?)
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(AnnounceError::TimedOut(timeout_ms)),
+        }
+    }
+}
+
+impl Transports {
+    /// Scrapes one torrent from the tracker behind the announce URL `url`
+    /// (HTTP: BEP 48 URL convention; UDP: BEP 15 scrape), bounded by `timeout_ms`.
+    pub async fn scrape(
+        &self,
+        url: &str,
+        info_hash: &InfoHash,
+        timeout_ms: u64,
+    ) -> Result<ScrapeStats, AnnounceError> {
+        let work = async {
+            match TrackerUrl::parse(url)? {
+                TrackerUrl::Http(url) => Ok(self.http.scrape(&url, info_hash).await?),
+                TrackerUrl::Udp { host, port, .. } => {
+                    Ok(self.udp.scrape(&host, port, info_hash).await?)
                 }
             }
         };
@@ -398,6 +424,9 @@ struct Context {
 struct TorrentTask {
     commands: mpsc::Sender<TorrentCommand>,
     join: JoinHandle<()>,
+    /// Set (under the status lock) when the torrent is removed, so the task
+    /// never republishes a status the dispatcher has just withdrawn.
+    removed: Arc<AtomicBool>,
 }
 
 async fn dispatch(
@@ -420,7 +449,12 @@ async fn dispatch(
                 if torrents.contains_key(&info_hash) {
                     continue;
                 }
+                if torrents.len() >= TORRENTS_MAX {
+                    tracing::warn!(%info_hash, "tracker subsystem full ({TORRENTS_MAX} torrents): not announced");
+                    continue;
+                }
                 let (sender, receiver) = mpsc::channel(TORRENT_QUEUE_DEPTH);
+                let removed = Arc::new(AtomicBool::new(false));
                 let seed = context.config.shuffle_seed ^ u64::from_le_bytes(first8(&info_hash));
                 let announcer =
                     Announcer::new(&tiers, seed, context.config.schedule, Instant::now());
@@ -431,9 +465,10 @@ async fn dispatch(
                     listen_port,
                     counters,
                     receiver,
+                    removed.clone(),
                 );
-                torrents
-                    .insert(info_hash, TorrentTask { commands: sender, join: tokio::spawn(task) });
+                let join = tokio::spawn(task);
+                torrents.insert(info_hash, TorrentTask { commands: sender, join, removed });
             }
             Command::Completed(info_hash) => {
                 forward(&torrents, &info_hash, TorrentCommand::Completed)
@@ -443,7 +478,11 @@ async fn dispatch(
             }
             Command::Remove(info_hash) => {
                 if let Some(task) = torrents.remove(&info_hash) {
-                    context.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&info_hash);
+                    {
+                        let mut status = context.status.lock().unwrap_or_else(|p| p.into_inner());
+                        task.removed.store(true, Ordering::Relaxed);
+                        status.remove(&info_hash);
+                    }
                     // A full queue means the task is busy; Stop still has to
                     // arrive, so wait for room (bounded by the task's progress).
                     let _ = task.commands.send(TorrentCommand::Stop).await;
@@ -512,6 +551,7 @@ async fn run_torrent(
     listen_port: u16,
     counters: Arc<TorrentCounters>,
     mut commands: mpsc::Receiver<TorrentCommand>,
+    removed: Arc<AtomicBool>,
 ) {
     let sink = &context.sinks[info_hash.shard(context.sinks.len())];
     let mut known: HashSet<SocketAddr> = HashSet::new();
@@ -531,7 +571,7 @@ async fn run_torrent(
                 in_flight = Some((job.id, join));
             }
         }
-        publish(&context, info_hash, &announcer);
+        publish(&context, info_hash, &announcer, &removed);
         let wake = announcer.next_wakeup().map(tokio::time::Instant::from_std);
         tokio::select! {
             result = async { (&mut in_flight.as_mut().expect("guarded").1).await },
@@ -627,12 +667,15 @@ fn fresh_peers(
     fresh
 }
 
-fn publish(context: &Context, info_hash: InfoHash, announcer: &Announcer) {
+fn publish(context: &Context, info_hash: InfoHash, announcer: &Announcer, removed: &AtomicBool) {
     if announcer.is_stopped() {
         return;
     }
     let status = announcer.status();
-    context.status.lock().unwrap_or_else(|p| p.into_inner()).insert(info_hash, status);
+    let mut map = context.status.lock().unwrap_or_else(|p| p.into_inner());
+    if !removed.load(Ordering::Relaxed) {
+        map.insert(info_hash, status);
+    }
 }
 
 #[cfg(test)]

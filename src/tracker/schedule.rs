@@ -224,34 +224,41 @@ impl Announcer {
             None if now >= self.next_cycle_at => (0, 0),
             None => return None,
         };
-        while tier < self.tiers.len() {
-            if index >= self.tiers[tier].len() {
-                tier += 1;
-                index = 0;
-                continue;
+        // Two passes at most: the rest of this cycle, then (if a backoff has
+        // already ended) a fresh cycle, which finds that tracker.
+        for _pass in 0..2 {
+            while tier < self.tiers.len() {
+                if index >= self.tiers[tier].len() {
+                    tier += 1;
+                    index = 0;
+                    continue;
+                }
+                let tracker = &self.tiers[tier][index];
+                if tracker.retry_at.is_none_or(|at| at <= now) {
+                    let id = self.next_job_id;
+                    self.next_job_id += 1;
+                    self.cursor = Some((tier, index));
+                    self.in_flight =
+                        Some(InFlight { id, url: tracker.url.clone(), event: self.pending_event });
+                    return Some(AnnounceJob {
+                        id,
+                        url: tracker.url.clone(),
+                        event: self.pending_event,
+                        tracker_id: tracker.tracker_id.clone(),
+                    });
+                }
+                index += 1;
             }
-            let tracker = &self.tiers[tier][index];
-            if tracker.retry_at.is_none_or(|at| at <= now) {
-                let id = self.next_job_id;
-                self.next_job_id += 1;
-                self.cursor = Some((tier, index));
-                self.in_flight =
-                    Some(InFlight { id, url: tracker.url.clone(), event: self.pending_event });
-                return Some(AnnounceJob {
-                    id,
-                    url: tracker.url.clone(),
-                    event: self.pending_event,
-                    tracker_id: tracker.tracker_id.clone(),
-                });
+            // Every tracker failed or is backing off: the next cycle starts
+            // when the first backoff ends.
+            self.cursor = None;
+            let earliest = self.trackers().filter_map(|t| t.retry_at).min();
+            self.next_cycle_at = earliest.unwrap_or_else(|| now + self.config.backoff(1));
+            if self.next_cycle_at > now {
+                return None;
             }
-            index += 1;
+            (tier, index) = (0, 0);
         }
-        // Every tracker failed or is backing off: the next cycle starts when
-        // the first backoff ends.
-        self.cursor = None;
-        let earliest = self.trackers().filter_map(|t| t.retry_at).min();
-        let backoff = now + self.config.backoff(1);
-        self.next_cycle_at = earliest.map_or(backoff, |at| at.max(now));
         None
     }
 
@@ -579,6 +586,53 @@ mod tests {
         a.on_failure(job.id, "down".into(), t0);
         a.on_reply(job.id, &reply(1800), t0);
         assert_eq!(a.status()[0].last, Some(TrackerOutcome::Failed("down".into())));
+    }
+
+    proptest::proptest! {
+        /// Random replies, failures, events and clock jumps: never more than
+        /// one job in flight, the tracker set never changes, and a schedule
+        /// that is idle always has a next wakeup.
+        #[test]
+        fn random_drives_keep_the_invariants(
+            seed in 0u64..1000,
+            ops in proptest::collection::vec((0u8..6, 0u32..4000), 1..200),
+        ) {
+            let t0 = Instant::now();
+            let spec = tiers(&[&["a", "b", "c"], &["d"], &["e", "f"]]);
+            let mut a = Announcer::new(&spec, seed, ScheduleConfig::default(), t0);
+            let mut now = t0;
+            let mut in_flight: Option<AnnounceJob> = None;
+            for (op, n) in ops {
+                match op {
+                    0 => now += Duration::from_secs(n as u64),
+                    1 => if let Some(job) = in_flight.take() {
+                        a.on_reply(job.id, &reply(n), now);
+                    },
+                    2 => if let Some(job) = in_flight.take() {
+                        a.on_failure(job.id, "x".into(), now);
+                    },
+                    3 => a.completed(now),
+                    4 => a.reannounce(now),
+                    _ => {
+                        // A stale or foreign result must change nothing.
+                        a.on_reply(u64::MAX - n as u64, &reply(n), now);
+                    }
+                }
+                if let Some(job) = a.poll(now) {
+                    proptest::prop_assert!(in_flight.is_none(), "two jobs in flight");
+                    in_flight = Some(job);
+                }
+                proptest::prop_assert_eq!(a.poll(now), None);
+                proptest::prop_assert_eq!(a.status().len(), 6);
+                if in_flight.is_none() {
+                    proptest::prop_assert!(a.next_wakeup().is_some_and(|w| w > now));
+                    proptest::prop_assert!(a.cursor.is_none(), "no half-walked cycle when idle");
+                }
+            }
+            let stops = a.stop();
+            proptest::prop_assert!(stops.iter().all(|j| j.event == Event::Stopped));
+            proptest::prop_assert_eq!(a.poll(now + Duration::from_secs(1 << 20)), None);
+        }
     }
 
     #[test]

@@ -225,8 +225,11 @@ impl Opentracker {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let mut child = ChildGuard::spawn("opentracker", &mut cmd);
-            let up = wait_until(Duration::from_secs(5), || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            // opentracker accepts TCP before it has loaded its whitelist and
+            // bound UDP: wait until both transports serve a whitelisted hash.
+            let up = wait_until(Duration::from_secs(10), || {
+                child.child.try_wait().unwrap().is_some()
+                    || (udp_tracker_answers(port) && http_tracker_serves(port, &info_hashes_hex[0]))
             });
             if up && child.child.try_wait().unwrap().is_none() {
                 return Opentracker { port, _dir: dir, _child: child };
@@ -242,4 +245,42 @@ impl Opentracker {
     pub fn udp_announce(&self) -> String {
         format!("udp://127.0.0.1:{}/announce", self.port)
     }
+}
+
+/// A BEP 15 connect request to 127.0.0.1:`port` gets a connect reply.
+fn udp_tracker_answers(port: u16) -> bool {
+    let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else { return false };
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut request = Vec::with_capacity(16);
+    request.extend_from_slice(&0x41727101980u64.to_be_bytes());
+    request.extend_from_slice(&0u32.to_be_bytes());
+    request.extend_from_slice(&0x5eedu32.to_be_bytes());
+    if socket.send_to(&request, ("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 64];
+    matches!(socket.recv(&mut reply), Ok(16..) if reply[4..8] == 0x5eedu32.to_be_bytes())
+}
+
+/// An HTTP `stopped` announce for a whitelisted hash is answered without a
+/// failure reason (so the whitelist is loaded).
+fn http_tracker_serves(port: u16, info_hash_hex: &str) -> bool {
+    use std::io::Read;
+    let mut encoded = String::new();
+    for pair in info_hash_hex.as_bytes().chunks(2) {
+        encoded.push('%');
+        encoded.push_str(std::str::from_utf8(pair).unwrap());
+    }
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!(
+        "GET /announce?info_hash={encoded}&peer_id=-RB0001-probeprobe12&port=1&uploaded=0&downloaded=0&left=0&event=stopped&compact=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    let _ = stream.read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    text.starts_with("HTTP/1") && text.contains(" 200 ") && !text.contains("failure reason")
 }

@@ -12,3 +12,4 @@ mod peer_harness_selftest;
 mod peers;
 mod storage;
 mod wire;
+mod trackers;
