@@ -47,6 +47,13 @@ pub const MAX_HALF_OPEN: usize = 16;
 /// Peer addresses remembered per torrent for dialing at most.
 pub const MAX_CANDIDATES: usize = 2000;
 
+/// Redials of a peer that hung up before finishing its handshake (libtorrent
+/// does until its torrent is loaded) or refused the connection.
+pub const MAX_REDIALS: u32 = 6;
+
+/// Wait before redialing such a peer.
+pub const REDIAL_DELAY: Duration = Duration::from_secs(2);
+
 /// How often the ticker runs the core's timers and dials.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(1000);
 
@@ -153,6 +160,9 @@ impl ShardContext {
 
 struct ConnEntry {
     token: u64,
+    /// We dialled it (so its address is a listening one we may dial again).
+    outgoing: bool,
+    addr: SocketAddr,
     stream: Rc<PeerStream>,
     wake: Rc<Notify>,
 }
@@ -169,6 +179,7 @@ pub struct TorrentTask {
     candidates: RefCell<VecDeque<SocketAddr>>,
     known: RefCell<HashSet<SocketAddr>>,
     half_open: Cell<usize>,
+    redials: RefCell<HashMap<SocketAddr, u32>>,
     stop: Notify,
     stopped: Cell<bool>,
     have_published: Cell<u32>,
@@ -202,6 +213,7 @@ impl TorrentTask {
             candidates: RefCell::new(VecDeque::new()),
             known: RefCell::new(HashSet::new()),
             half_open: Cell::new(0),
+            redials: RefCell::new(HashMap::new()),
             stop: Notify::new(),
             stopped: Cell::new(false),
             have_published: Cell::new(u32::MAX),
@@ -306,7 +318,7 @@ impl TorrentTask {
                     Ok(stream) if !task.stopped.get() => {
                         let conn = task.core.borrow_mut().connected(addr, Instant::now());
                         match conn {
-                            Ok(conn) => task.run_connection(conn, stream),
+                            Ok(conn) => task.run_connection(conn, stream, addr, true),
                             Err(error) => tracing::debug!(%addr, %error, "not connecting"),
                         }
                     }
@@ -321,10 +333,22 @@ impl TorrentTask {
         }
     }
 
+    /// Dials `addr` again after [`REDIAL_DELAY`], at most [`MAX_REDIALS`] times.
     fn retry_later(self: &Rc<Self>, addr: SocketAddr) {
+        {
+            let mut redials = self.redials.borrow_mut();
+            if redials.len() >= MAX_CANDIDATES && !redials.contains_key(&addr) {
+                return;
+            }
+            let count = redials.entry(addr).or_insert(0);
+            *count += 1;
+            if *count > MAX_REDIALS {
+                return;
+            }
+        }
         let task = self.clone();
         tokio_uring::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(REDIAL_DELAY).await;
             if !task.stopped.get() {
                 task.candidates.borrow_mut().push_back(addr);
             }
@@ -347,20 +371,27 @@ impl TorrentTask {
         self.known.borrow_mut().insert(addr);
         let conn = self.core.borrow_mut().accepted(addr, hs, Instant::now());
         match conn {
-            Ok(conn) => self.run_connection(conn, stream),
+            Ok(conn) => self.run_connection(conn, stream, addr, false),
             Err(error) => tracing::debug!(%addr, %error, "refused incoming"),
         }
         self.drain_actions();
     }
 
-    fn run_connection(self: &Rc<Self>, conn: ConnId, stream: PeerStream) {
+    fn run_connection(
+        self: &Rc<Self>,
+        conn: ConnId,
+        stream: PeerStream,
+        addr: SocketAddr,
+        outgoing: bool,
+    ) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let stream = Rc::new(stream);
         let wake = Rc::new(Notify::new());
-        self.conns
-            .borrow_mut()
-            .insert(conn, ConnEntry { token, stream: stream.clone(), wake: wake.clone() });
+        self.conns.borrow_mut().insert(
+            conn,
+            ConnEntry { token, outgoing, addr, stream: stream.clone(), wake: wake.clone() },
+        );
         self.ctx.connections.set(self.ctx.connections.get() + 1);
         // The core may already have dropped it (a bad incoming handshake):
         // drain so the Disconnect closes what was just registered.
@@ -402,9 +433,13 @@ impl TorrentTask {
             self.drain_actions();
         }
         if self.is_current(conn, token) {
-            self.core.borrow_mut().closed(conn);
+            let handshake_done = self.core.borrow_mut().closed(conn);
+            let redial = self.conns.borrow().get(&conn).filter(|e| e.outgoing).map(|e| e.addr);
             self.forget(conn);
             self.drain_actions();
+            if let (false, Some(addr)) = (handshake_done, redial) {
+                self.retry_later(addr);
+            }
         }
     }
 

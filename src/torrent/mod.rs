@@ -345,8 +345,10 @@ impl TorrentCore {
     }
 
     /// The driver saw the connection close (EOF, error): forget it.
-    pub fn closed(&mut self, conn: ConnId) {
-        self.forget(conn);
+    /// Returns whether the handshake had completed (a peer that hangs up
+    /// before it may not have loaded the torrent yet: worth redialing).
+    pub fn closed(&mut self, conn: ConnId) -> bool {
+        self.forget(conn).is_some_and(|c| c.joined)
     }
 
     fn forget(&mut self, conn: ConnId) -> Option<Conn> {

@@ -11,5 +11,5 @@ mod foundation;
 mod peer_harness_selftest;
 mod peers;
 mod storage;
-mod wire;
 mod trackers;
+mod wire;
