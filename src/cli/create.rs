@@ -60,18 +60,7 @@ fn parse_piece_length(s: &str) -> Result<PieceLength, String> {
     if s.eq_ignore_ascii_case("auto") {
         return Ok(PieceLength::Auto);
     }
-    let lower = s.to_ascii_lowercase();
-    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
-    let (digits, multiplier) = match trimmed.as_bytes().last() {
-        Some(b'k') => (&trimmed[..trimmed.len() - 1], 1u64 << 10),
-        Some(b'm') => (&trimmed[..trimmed.len() - 1], 1 << 20),
-        Some(b'g') => (&trimmed[..trimmed.len() - 1], 1 << 30),
-        _ => (trimmed, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
+    super::units::parse_size(s)
         .map(PieceLength::Bytes)
         .ok_or_else(|| format!("{s:?} is not a piece length (try 262144, 256K, 1M or auto)"))
 }

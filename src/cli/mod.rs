@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod announce;
+mod bench;
 mod create;
 mod download;
 mod engine_args;
 mod info;
 mod progress;
+mod units;
 mod verify;
 
 /// ringbit: a thread-per-core io_uring BitTorrent client for Linux servers.
@@ -41,6 +43,9 @@ pub enum Command {
     Announce(announce::Args),
     /// Download a torrent, verifying every piece; exit 0 when complete.
     Download(download::Args),
+    /// Seed a generated payload from one ringbit process to others over
+    /// loopback and report throughput, CPU and memory (no internet needed).
+    Bench(bench::Args),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -53,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Announce(args) => announce::run(args),
         Command::Download(args) => download::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

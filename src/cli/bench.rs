@@ -1,0 +1,361 @@
+//! `ringbit bench`: the whole client end to end on loopback, with nothing but
+//! this binary. Makes a payload (default 1 GiB) and its torrent, seeds it from
+//! one ringbit process, downloads it with one or more others over
+//! 127.0.0.1, checks every byte, and reports throughput, CPU-seconds per GiB
+//! and peak memory of each side.
+//!
+//! Layer: edge. The processes are this binary's own `download` command (the
+//! seeder with `--seed` over the complete payload), so the numbers are those
+//! of the real client, not of an in-process shortcut.
+
+use crate::create::{create, CreateOptions};
+use anyhow::Context;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the seeder may take to check its data and listen.
+pub const SEEDER_READY_LIMIT: Duration = Duration::from_secs(300);
+
+/// Arguments of `ringbit bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Payload size (e.g. 64M, 1G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub size: u64,
+
+    /// Leechers downloading at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub leechers: usize,
+
+    /// Piece length of the generated torrent.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub piece_length: u64,
+
+    /// Working directory (default: a new directory under the system temp
+    /// dir, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+
+    /// Give up when the transfer takes longer than this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+
+    /// Extra flags for every ringbit process (e.g. `--engine-flag=--backend=mmap`).
+    #[arg(long = "engine-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub engine_flags: Vec<String>,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    super::units::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (try 64M or 1G)"))
+}
+
+/// Resources one process used.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.size > 0, "--size must be positive");
+    anyhow::ensure!(args.leechers >= 1, "--leechers must be at least 1");
+    let piece_length =
+        crate::create::check_piece_length(args.piece_length).context("--piece-length")?;
+    let work = WorkDir::new(args.dir.clone())?;
+    let seed_dir = work.path.join("seed");
+    std::fs::create_dir_all(&seed_dir)?;
+    let payload = seed_dir.join("payload.bin");
+    eprintln!("bench: writing {} payload", indicatif::HumanBytes(args.size));
+    write_payload(&payload, args.size)?;
+    let torrent = work.path.join("bench.torrent");
+    let created = create(
+        &payload,
+        &CreateOptions { piece_length: Some(piece_length), ..CreateOptions::default() },
+        |_| {},
+    )?;
+    std::fs::write(&torrent, &created.bytes)?;
+
+    let exe = std::env::current_exe().context("cannot find the ringbit binary")?;
+    let port = free_port()?;
+    let mut seeder = spawn(
+        &exe,
+        &torrent,
+        &seed_dir,
+        &["--seed".to_string(), "--port".to_string(), port.to_string()],
+        &args.engine_flags,
+        &work.path.join("seeder.log"),
+    )?;
+    let ready = wait_listening(port, &mut seeder, SEEDER_READY_LIMIT);
+    if let Err(error) = ready {
+        let _ = seeder.kill();
+        let _ = seeder.wait();
+        return Err(error.context(log_tail(&work.path.join("seeder.log"))));
+    }
+    eprintln!("bench: seeder ready on 127.0.0.1:{port}; {} leecher(s) downloading", args.leechers);
+
+    let seeder_cpu_before = proc_cpu_seconds(seeder.id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut leechers = Vec::new();
+    for i in 0..args.leechers {
+        let dir = work.path.join(format!("leech{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let flags = vec!["--peer".to_string(), format!("127.0.0.1:{port}")];
+        let log = work.path.join(format!("leech{i}.log"));
+        leechers.push((spawn(&exe, &torrent, &dir, &flags, &args.engine_flags, &log)?, dir, log));
+    }
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut results = Vec::new();
+    for (child, dir, log) in leechers {
+        let (ok, usage) = wait_with_usage(child, deadline);
+        let seconds = started.elapsed().as_secs_f64();
+        if !ok {
+            let _ = seeder.kill();
+            anyhow::bail!("leecher in {} failed{}", dir.display(), log_tail(&log));
+        }
+        results.push((seconds, usage, dir));
+    }
+    let transfer_seconds = started.elapsed().as_secs_f64();
+    let seeder_cpu = proc_cpu_seconds(seeder.id()).unwrap_or(0.0) - seeder_cpu_before;
+    let seeder_rss = proc_peak_rss(seeder.id()).unwrap_or(0);
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    unsafe {
+        libc::kill(seeder.id() as i32, libc::SIGINT);
+    }
+    let _ = wait_with_usage(seeder, Instant::now() + Duration::from_secs(30));
+
+    for (_, _, dir) in &results {
+        same_bytes(&payload, &dir.join("payload.bin"))
+            .with_context(|| format!("download in {} differs from the payload", dir.display()))?;
+    }
+    let gib = args.size as f64 / (1u64 << 30) as f64;
+    let total_bytes = args.size as f64 * results.len() as f64;
+    let report = serde_json::json!({
+        "size_bytes": args.size,
+        "piece_length": piece_length,
+        "leechers": results.iter().map(|(seconds, usage, _)| serde_json::json!({
+            "seconds": seconds,
+            "mb_per_s": args.size as f64 / seconds / 1e6,
+            "cpu_seconds_per_gib": usage.cpu_seconds / gib,
+            "peak_rss_bytes": usage.peak_rss_bytes,
+        })).collect::<Vec<_>>(),
+        "seeder": {
+            "mb_per_s": total_bytes / transfer_seconds / 1e6,
+            "cpu_seconds_per_gib": seeder_cpu / (gib * results.len() as f64),
+            "peak_rss_bytes": seeder_rss,
+        },
+        "verified": true,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "ringbit bench: {} in {} pieces of {}, {} leecher(s), every byte verified",
+            indicatif::HumanBytes(args.size),
+            created.piece_count,
+            indicatif::HumanBytes(piece_length as u64),
+            results.len()
+        );
+        println!("{:<10} {:>10} {:>14} {:>12}", "side", "MB/s", "CPU-s per GiB", "peak RSS");
+        for (i, (seconds, usage, _)) in results.iter().enumerate() {
+            println!(
+                "{:<10} {:>10.0} {:>14.2} {:>12}",
+                format!("leecher{i}"),
+                args.size as f64 / seconds / 1e6,
+                usage.cpu_seconds / gib,
+                indicatif::HumanBytes(usage.peak_rss_bytes).to_string()
+            );
+        }
+        println!(
+            "{:<10} {:>10.0} {:>14.2} {:>12}",
+            "seeder",
+            total_bytes / transfer_seconds / 1e6,
+            seeder_cpu / (gib * results.len() as f64),
+            indicatif::HumanBytes(seeder_rss).to_string()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A working directory, removed on drop unless the user named it.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(dir: Option<PathBuf>) -> anyhow::Result<WorkDir> {
+        match dir {
+            Some(path) => {
+                std::fs::create_dir_all(&path)?;
+                Ok(WorkDir { path, remove: false })
+            }
+            None => {
+                let path = tempfile::Builder::new().prefix("ringbit-bench-").tempdir()?.keep();
+                Ok(WorkDir { path, remove: true })
+            }
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Fast deterministic pseudo-random bytes (xorshift), written in 1 MiB chunks.
+fn write_payload(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn(
+    exe: &Path,
+    torrent: &Path,
+    dir: &Path,
+    flags: &[String],
+    engine_flags: &[String],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    let mut command = Command::new(exe);
+    command
+        .arg("download")
+        .arg(torrent)
+        .arg("-o")
+        .arg(dir)
+        .args(["--no-trackers", "--bind", "127.0.0.1"])
+        .args(flags)
+        .args(engine_flags)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if !flags.iter().any(|f| f == "--port") {
+        command.args(["--port", "0"]);
+    }
+    Ok(command.spawn()?)
+}
+
+fn wait_listening(port: u16, seeder: &mut Child, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = seeder.try_wait()? {
+            anyhow::bail!("the seeder exited ({status}) before listening");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("the seeder did not listen within {limit:?}")
+}
+
+/// Waits for `child` (killing it at `deadline`) and returns whether it
+/// succeeded and what it used, from wait4's rusage.
+fn wait_with_usage(mut child: Child, deadline: Instant) -> (bool, Usage) {
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child's pid with valid out-pointers; WNOHANG
+        // so it never blocks. std's Child is not used to wait afterwards.
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if pid > 0 {
+            let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            let used = Usage {
+                cpu_seconds: cpu(usage.ru_utime) + cpu(usage.ru_stime),
+                peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+            };
+            return (ok, used);
+        }
+        if pid < 0 {
+            return (false, Usage::default());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// utime + stime of a running process, from /proc.
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// Peak resident set (VmHWM) of a running process.
+fn proc_peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn same_bytes(a: &Path, b: &Path) -> anyhow::Result<()> {
+    let mut fa = std::fs::File::open(a)?;
+    let mut fb = std::fs::File::open(b).with_context(|| format!("{}", b.display()))?;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        anyhow::ensure!(na == nb && ba[..na] == bb[..nb], "contents differ");
+        if na == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("\n--- {} (last lines) ---\n{tail}", path.display())
+}
