@@ -79,8 +79,12 @@ fn full_disk_at_open_is_a_typed_error_for_every_backend() {
         let fs = SmallFs::mount("2m");
         let info = single_file_info(4 << 20);
         let r = run_on(backend, async {
-            PieceStore::open(&info, fs.path(), StoreOptions { backend, allocation: Allocation::Full })
-                .map(|_| ())
+            PieceStore::open(
+                &info,
+                fs.path(),
+                StoreOptions { backend, allocation: Allocation::Full },
+            )
+            .map(|_| ())
         });
         match r {
             Err(e @ StorageError::DiskFull { .. }) => {
