@@ -45,7 +45,7 @@ fn write_all(backend: Backend, info: &Info, dir: &std::path::Path, order: &[u32]
     match backend {
         Backend::Uring => tokio_uring::start(async {
             let store = Rc::new(PieceStore::open(info, dir, opts).unwrap());
-            let sem = Rc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
             let mut handles = Vec::with_capacity(order.len());
             for &i in order {
                 let permit = sem.clone().acquire_owned().await.unwrap();
@@ -75,7 +75,7 @@ fn read_blocks(backend: Backend, info: &Info, dir: &std::path::Path, blocks: &[(
     match backend {
         Backend::Uring => tokio_uring::start(async {
             let store = Rc::new(PieceStore::open(info, dir, opts).unwrap());
-            let sem = Rc::new(tokio::sync::Semaphore::new(IN_FLIGHT * 4));
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT * 4));
             let mut handles = Vec::with_capacity(blocks.len());
             for &(i, begin) in blocks {
                 let permit = sem.clone().acquire_owned().await.unwrap();
