@@ -51,7 +51,8 @@ where
     // Pieces are handed out one at a time from a shared counter so a slow
     // read on one thread never leaves the others idle.
     let next = AtomicU32::new(0);
-    let results: Vec<Result<Vec<(u32, [u8; 20])>, E>> = std::thread::scope(|scope| {
+    type WorkerResult<E> = Result<Vec<(u32, [u8; 20])>, E>;
+    let results: Vec<WorkerResult<E>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -130,7 +131,14 @@ enum Reply {
 }
 
 struct BatchState {
-    slots: Mutex<(Vec<Option<Verdict>>, usize, Option<tokio::sync::oneshot::Sender<Vec<Verdict>>>)>,
+    slots: Mutex<BatchSlots>,
+}
+
+/// A batch's verdicts so far, how many are still out, and where to send them.
+struct BatchSlots {
+    verdicts: Vec<Option<Verdict>>,
+    left: usize,
+    reply: Option<tokio::sync::oneshot::Sender<Vec<Verdict>>>,
 }
 
 struct Job {
@@ -222,7 +230,11 @@ impl HashPool {
             return Err(SubmitError::Full(jobs));
         }
         let state = Arc::new(BatchState {
-            slots: Mutex::new(((0..jobs.len()).map(|_| None).collect(), jobs.len(), Some(reply))),
+            slots: Mutex::new(BatchSlots {
+                verdicts: (0..jobs.len()).map(|_| None).collect(),
+                left: jobs.len(),
+                reply: Some(reply),
+            }),
         });
         for (slot, job) in jobs.into_iter().enumerate() {
             self.send(Job {
@@ -260,12 +272,16 @@ fn worker(rx: crossbeam_channel::Receiver<Job>, pending: Arc<AtomicUsize>) {
             }
             Reply::Batch(state, slot) => {
                 let mut guard = state.slots.lock().unwrap_or_else(|e| e.into_inner());
-                let (slots, left, reply) = &mut *guard;
-                slots[slot] = Some(verdict);
-                *left -= 1;
-                if *left == 0 {
-                    if let Some(reply) = reply.take() {
-                        let all = slots.drain(..).map(|v| v.expect("every slot filled")).collect();
+                let slots = &mut *guard;
+                slots.verdicts[slot] = Some(verdict);
+                slots.left -= 1;
+                if slots.left == 0 {
+                    if let Some(reply) = slots.reply.take() {
+                        let all = slots
+                            .verdicts
+                            .drain(..)
+                            .map(|v| v.expect("every slot filled"))
+                            .collect();
                         let _ = reply.send(all);
                     }
                 }

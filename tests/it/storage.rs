@@ -312,3 +312,98 @@ fn verify_missing_file_is_reported_missing() {
     let a = files.iter().find(|f| f["path"].as_str().unwrap().ends_with("a.bin")).unwrap();
     assert_eq!(a["state"], "present");
 }
+
+// ---------------------------------------------------------------------------
+// Resume state
+
+/// A torrent (made by libtorrent) over two files, with its data.
+fn resume_fixture(root: &Path) -> (ringbit::metainfo::Metainfo, PathBuf, PathBuf) {
+    let data = root.join("data");
+    write_payload(&data, &[("r/one.bin", 200_000), ("r/two.bin", 300_000)]);
+    let torrent = root.join("r.torrent");
+    lt_create(&data.join("r"), &torrent, 16384);
+    let meta = ringbit::metainfo::Metainfo::from_file(&torrent).unwrap();
+    (meta, data, root.join("state"))
+}
+
+fn check_opts() -> ringbit::storage::check::CheckOptions {
+    ringbit::storage::check::CheckOptions { threads: 2, ..Default::default() }
+}
+
+/// Goal: a saved state is trusted as is; a corrupt, truncated or
+/// wrong-version resume file means a warning and a full recheck, not a crash.
+#[test]
+fn resume_corrupt_file_means_full_recheck() {
+    use ringbit::storage::resume::{load_or_recheck, resume_path, save};
+    let root = tempfile::tempdir().unwrap();
+    let (meta, data, state) = resume_fixture(root.path());
+    let info = &meta.info;
+    let count = info.piece_count();
+
+    let first = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+    assert!(first.full_recheck && first.warning.is_none(), "no resume file yet: plain recheck");
+    assert!(first.have.is_full());
+    save(&state, meta.info_hash, info, &data, &first.have).unwrap();
+    let path = resume_path(&state, meta.info_hash);
+    assert!(path.exists());
+    assert!(!path.with_extension("resume.tmp").exists(), "temporary file renamed away");
+
+    let trusted = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+    assert!(!trusted.full_recheck && trusted.rechecked == 0 && trusted.have.is_full());
+
+    let good = std::fs::read(&path).unwrap();
+    let mut wrong_version = good.clone();
+    let at = wrong_version.windows(12).position(|w| w == b"7:versioni1e").unwrap();
+    wrong_version[at + 10] = b'9';
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0xff;
+    for damaged in [good[..good.len() / 2].to_vec(), b"garbage".to_vec(), wrong_version, flipped] {
+        std::fs::write(&path, &damaged).unwrap();
+        let r = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+        if r.full_recheck {
+            assert!(r.warning.is_some(), "a rejected resume file is warned about");
+            assert_eq!(r.rechecked, count);
+        }
+        assert!(r.have.is_full());
+    }
+    // A resume file saved with only half the pieces, on unchanged files, is
+    // trusted as is: the missing half stays missing without hashing.
+    let mut half = Bitfield::new(count);
+    for p in 0..count / 2 {
+        half.set(p);
+    }
+    save(&state, meta.info_hash, info, &data, &half).unwrap();
+    let r = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+    assert_eq!((r.rechecked, r.have.count()), (0, count / 2));
+}
+
+/// Goal: touching one file rechecks only its pieces; corrupting it then
+/// drops exactly the damaged piece.
+#[test]
+fn resume_touched_file_rechecks_only_its_pieces() {
+    use ringbit::storage::resume::{load_or_recheck, save};
+    let root = tempfile::tempdir().unwrap();
+    let (meta, data, state) = resume_fixture(root.path());
+    let info = &meta.info;
+    let layout = ringbit::layout::Layout::new(info).unwrap();
+    let first = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+    save(&state, meta.info_hash, info, &data, &first.have).unwrap();
+
+    let (index, entry) =
+        info.files.iter().enumerate().find(|(_, f)| f.path.last().unwrap() == "two.bin").unwrap();
+    let two = data.join(entry.path.iter().collect::<PathBuf>());
+    let mut bytes = std::fs::read(&two).unwrap();
+    bytes[150_000] ^= 1;
+    std::fs::write(&two, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&two).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+    drop(f);
+
+    let r = load_or_recheck(&state, meta.info_hash, info, &data, check_opts()).unwrap();
+    let range = layout.file_piece_range(index);
+    assert!(!r.full_recheck);
+    assert_eq!(r.rechecked, range.end - range.start, "only two.bin's pieces");
+    let bad = ((entry.offset + 150_000) / info.piece_length as u64) as u32;
+    let missing: Vec<u32> = (0..info.piece_count()).filter(|&p| !r.have.get(p)).collect();
+    assert_eq!(missing, vec![bad]);
+}
