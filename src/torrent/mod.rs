@@ -60,10 +60,10 @@ pub const MAX_BAD_PIECES_PER_PEER: u32 = 2;
 pub const MAX_PIECE_BUFFERS: usize = 512;
 
 /// Disk reads for one peer's uploads in flight at most.
-pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 16;
+pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 64;
 
 /// No new upload read starts while this many bytes wait to be sent to a peer.
-pub const UPLOAD_BUFFER_HIGH_WATER: usize = 1024 * 1024;
+pub const UPLOAD_BUFFER_HIGH_WATER: usize = 2 * 1024 * 1024;
 
 /// Most actions queued before the driver polls them (programmer error if
 /// exceeded: the driver drains after every call).
