@@ -10,7 +10,8 @@ use crate::metainfo::Metainfo;
 use crate::picker::wanted_pieces;
 use crate::session::{AddTorrent, Session};
 use crate::shard::engine::TorrentStatus;
-use crate::storage::check::{recheck, CheckOptions};
+use crate::storage::check::CheckOptions;
+use crate::storage::resume;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,8 +39,24 @@ pub struct Args {
     #[arg(long, value_name = "GLOB")]
     pub only: Vec<String>,
 
+    /// Where resume state is kept (default: $XDG_STATE_HOME/ringbit, else
+    /// ~/.local/state/ringbit).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// The default resume-state directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ringbit");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/ringbit"),
+        None => PathBuf::from("/var/lib/ringbit"),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -57,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let have = existing_pieces(&metainfo, &args.output)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let have = existing_pieces(&metainfo, &args.output, &state_dir)?;
     let already = (0..info.piece_count()).all(|p| !wanted.get(p) || have.get(p));
     if already && !args.seed {
         println!("{}: already complete in {}", info.name, args.output.display());
@@ -77,7 +95,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     tracing::info!(port = session.listen_port(), info_hash = %metainfo.info_hash, "downloading");
     let outcome = watch(&metainfo, &status, &stop, args.seed);
+    // Shutdown flushes every store, so the pieces the status claims are on
+    // disk before the resume state says so.
     session.shutdown();
+    let have = status.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Err(error) = resume::save(&state_dir, metainfo.info_hash, info, &args.output, &have) {
+        eprintln!("ringbit: warning: cannot save resume state: {error}");
+    }
     match outcome {
         Outcome::Complete => {
             println!(
@@ -111,21 +135,29 @@ fn build_selector(globs: &[String]) -> anyhow::Result<Option<globset::GlobSet>> 
     Ok(Some(set.build()?))
 }
 
-/// Pieces already verified on disk: a recheck of the files that exist (none
-/// on a first run), so an interrupted download continues where it stopped.
-fn existing_pieces(metainfo: &Metainfo, dir: &Path) -> anyhow::Result<crate::bitfield::Bitfield> {
+/// Pieces already verified on disk: trusted from the resume state for files
+/// that did not change since it was written, rechecked otherwise, so an
+/// interrupted download continues where it stopped.
+fn existing_pieces(
+    metainfo: &Metainfo,
+    dir: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<crate::bitfield::Bitfield> {
     let info = &metainfo.info;
-    let any_file =
-        info.files.iter().any(|f| !f.pad && crate::storage::file_path(dir, &f.path).exists());
-    if !any_file {
-        return Ok(crate::bitfield::Bitfield::new(info.piece_count()));
+    let resumed =
+        resume::load_or_recheck(state_dir, metainfo.info_hash, info, dir, CheckOptions::default())
+            .with_context(|| format!("cannot check existing data in {}", dir.display()))?;
+    if let Some(warning) = &resumed.warning {
+        eprintln!("ringbit: warning: {warning}");
     }
-    let bar = super::progress::bar(info.piece_count() as u64, "checking");
-    let report = recheck(info, dir, None, CheckOptions::default(), &|_| bar.inc(1))
-        .with_context(|| format!("cannot check existing data in {}", dir.display()))?;
-    bar.finish_and_clear();
-    tracing::info!(have = report.have.count(), of = info.piece_count(), "existing data checked");
-    Ok(report.have)
+    tracing::info!(
+        have = resumed.have.count(),
+        of = info.piece_count(),
+        rechecked = resumed.rechecked,
+        full_recheck = resumed.full_recheck,
+        "existing data checked"
+    );
+    Ok(resumed.have)
 }
 
 enum Outcome {
