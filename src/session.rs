@@ -9,20 +9,18 @@
 //! accepting, every shard stops its torrents (connections closed, storage
 //! flushed), then the hash pool's workers are joined.
 
-use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::HashPool;
-use crate::metainfo::{InfoHash, Metainfo};
+use crate::metainfo::InfoHash;
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
 use crate::shard::{ShardCommand, ShardError, ShardInit, ShardSet};
-use crate::storage::StoreOptions;
 use crate::torrent::TorrentConfig;
 use crate::wire::PeerId;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -68,19 +66,6 @@ impl Default for SessionOptions {
             tracker_config: None,
         }
     }
-}
-
-/// A torrent to add.
-pub struct AddTorrent {
-    pub metainfo: Arc<Metainfo>,
-    pub download_dir: PathBuf,
-    /// Pieces already verified on disk.
-    pub have: Bitfield,
-    /// Pieces to download (all for a whole torrent; see `picker::wanted_pieces`).
-    pub wanted: Bitfield,
-    pub store_options: StoreOptions,
-    /// Peers to dial besides the trackers' (`--peer`).
-    pub peers: Vec<SocketAddr>,
 }
 
 /// The running engine.
@@ -188,12 +173,7 @@ impl Session {
         };
         let tiers = add.metainfo.tracker_tiers();
         let spec = TorrentSpec {
-            metainfo: add.metainfo,
-            download_dir: add.download_dir,
-            have: add.have,
-            wanted: add.wanted,
-            store_options: add.store_options,
-            peers: add.peers,
+            torrent: add,
             peer_id: self.peer_id,
             listen_port: self.listen_port(),
             torrent_config,

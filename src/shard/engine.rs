@@ -105,15 +105,23 @@ impl TorrentStatus {
     }
 }
 
-/// Everything a shard needs to run a torrent (sent to the shard).
-pub struct TorrentSpec {
+/// A torrent to run: what the caller decides.
+pub struct AddTorrent {
     pub metainfo: Arc<Metainfo>,
     pub download_dir: PathBuf,
+    /// Pieces already verified on disk.
     pub have: Bitfield,
+    /// Pieces to download (all for a whole torrent; see `picker::wanted_pieces`).
     pub wanted: Bitfield,
     pub store_options: StoreOptions,
-    /// Peers to dial at once (`--peer`).
+    /// Peers to dial besides the trackers' (`--peer`).
     pub peers: Vec<SocketAddr>,
+}
+
+/// Everything a shard needs to run a torrent (sent to the shard): the
+/// caller's [`AddTorrent`] plus what the session decides.
+pub struct TorrentSpec {
+    pub torrent: AddTorrent,
     pub peer_id: PeerId,
     pub listen_port: u16,
     pub torrent_config: TorrentConfig,
@@ -188,26 +196,27 @@ pub struct TorrentTask {
 impl TorrentTask {
     /// Opens storage on this shard, builds the core and starts the ticker.
     pub fn start(ctx: Rc<ShardContext>, spec: TorrentSpec) -> Result<Rc<TorrentTask>, String> {
-        let info = &spec.metainfo.info;
-        let store = PieceStore::open(info, &spec.download_dir, spec.store_options)
+        let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
+        let info = &torrent.metainfo.info;
+        let store = PieceStore::open(info, &torrent.download_dir, torrent.store_options)
             .map_err(|e| e.to_string())?;
         let params = TorrentParams {
-            info_hash: spec.metainfo.info_hash,
+            info_hash: torrent.metainfo.info_hash,
             piece_length: info.piece_length,
             total_length: info.total_length,
             piece_hashes: info.pieces.clone(),
-            our_peer_id: spec.peer_id,
-            listen_port: Some(spec.listen_port),
-            metadata_size: Some(spec.metainfo.info_bytes.len() as u64),
+            our_peer_id: peer_id,
+            listen_port: Some(listen_port),
+            metadata_size: Some(torrent.metainfo.info_bytes.len() as u64),
         };
-        let core = TorrentCore::new(params, spec.torrent_config, spec.have, &spec.wanted)
+        let core = TorrentCore::new(params, torrent_config, torrent.have, &torrent.wanted)
             .map_err(|e| e.to_string())?;
         let task = Rc::new(TorrentTask {
             ctx,
-            info_hash: spec.metainfo.info_hash,
+            info_hash: torrent.metainfo.info_hash,
             core: RefCell::new(core),
             store,
-            status: spec.status,
+            status,
             conns: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             candidates: RefCell::new(VecDeque::new()),
@@ -218,7 +227,7 @@ impl TorrentTask {
             stopped: Cell::new(false),
             have_published: Cell::new(u32::MAX),
         });
-        task.add_peers(&spec.peers);
+        task.add_peers(&torrent.peers);
         task.drain_actions();
         let ticker = task.clone();
         tokio_uring::spawn(async move { ticker.run_ticker().await });

@@ -59,7 +59,7 @@ impl std::fmt::Debug for ShardCommand {
         match self {
             ShardCommand::Info(_) => f.write_str("Info"),
             ShardCommand::AddTorrent(spec, _) => {
-                write!(f, "AddTorrent({})", spec.metainfo.info_hash)
+                write!(f, "AddTorrent({})", spec.torrent.metainfo.info_hash)
             }
             ShardCommand::RemoveTorrent(h, _) => write!(f, "RemoveTorrent({h})"),
             ShardCommand::Incoming(p) => write!(f, "Incoming({})", p.addr),
@@ -238,7 +238,7 @@ fn shard_thread(
                     let _ = reply.send(info.clone());
                 }
                 ShardCommand::AddTorrent(spec, reply) => {
-                    let info_hash = spec.metainfo.info_hash;
+                    let info_hash = spec.torrent.metainfo.info_hash;
                     if ctx.torrents.borrow().contains_key(&info_hash) {
                         let _ = reply.send(Err(format!("torrent {info_hash} is already running")));
                         continue;
