@@ -50,7 +50,8 @@ impl Ringbit {
         let mut cmd = helpers::ringbit();
         cmd.env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
-            .arg("-v")
+            // RINGBIT_IT_VERBOSITY=-vv for debug logs when a test fails.
+            .arg(std::env::var("RINGBIT_IT_VERBOSITY").unwrap_or_else(|_| "-v".into()))
             .arg("download")
             .arg(torrent)
             .arg("-o")
