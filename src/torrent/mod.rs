@@ -55,6 +55,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The sender of each accepted block of a piece: (offset in the piece, peer).
+type BlockSenders = Vec<(u32, SocketAddr)>;
+
 /// Identifies a connection to the driver (a slab slot, reused after close).
 pub type ConnId = usize;
 
@@ -194,9 +197,9 @@ pub struct TorrentCore {
     /// alone may fetch them now (`None` until one picks a block of it).
     parole: HashMap<u32, Option<SocketAddr>>,
     /// Who sent each accepted block (offset, peer) of the pieces being received.
-    senders: HashMap<u32, Vec<(u32, SocketAddr)>>,
+    senders: HashMap<u32, BlockSenders>,
     /// Failed data and its senders of pieces on parole (see module docs).
-    evidence: HashMap<u32, (Vec<u8>, Vec<(u32, SocketAddr)>)>,
+    evidence: HashMap<u32, (Vec<u8>, BlockSenders)>,
     banned: HashSet<std::net::IpAddr>,
     actions: VecDeque<Action>,
     completed_reported: bool,
