@@ -34,8 +34,9 @@ pub struct Args {
     #[arg(long)]
     pub seed: bool,
 
-    /// Download only the files whose path (as `ringbit info` shows it)
-    /// matches one of these globs, e.g. `--only '*.iso' --only 'docs/**'`.
+    /// Download only the files whose path (as `ringbit info` shows it, with
+    /// or without the torrent's top directory) matches one of these globs,
+    /// e.g. `--only '*.iso' --only 'docs/**'`.
     #[arg(long, value_name = "GLOB")]
     pub only: Vec<String>,
 
@@ -66,8 +67,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let info = &metainfo.info;
     let selector = build_selector(&args.only)?;
+    // A multi-file torrent's paths start with its name (`multi/sub/c.bin`);
+    // a glob may name the file with or without it (`sub/*` as in the help).
     let wanted = wanted_pieces(&info.files, info.piece_length, info.piece_count(), |_, f| {
-        selector.as_ref().is_none_or(|set| set.is_match(f.path.join("/")))
+        selector.as_ref().is_none_or(|set| {
+            set.is_match(f.path.join("/"))
+                || (f.path.len() > 1
+                    && f.path[0] == info.name
+                    && set.is_match(f.path[1..].join("/")))
+        })
     });
     if wanted.count() == 0 {
         anyhow::bail!("--only matches no file of the torrent");

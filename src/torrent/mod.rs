@@ -25,8 +25,14 @@
 //! into the piece's buffer -> the last block makes the piece complete ->
 //! [`Action::HashPiece`] -> pass: [`Action::WritePiece`] -> written: the piece
 //! is had, `have` goes to every peer. A piece that fails its hash is discarded
-//! and re-requested; each peer that sent one of its blocks gets a strike and is
-//! banned at [`MAX_BAD_PIECES_PER_PEER`].
+//! and re-requested. When one peer sent all its blocks, that peer gets a strike
+//! and is banned at [`MAX_BAD_PIECES_PER_PEER`]. When several did, nobody can
+//! be blamed (striking all of them banned honest seeders beside a corrupt
+//! peer): the piece goes on *parole*, its blocks are then requested from one
+//! peer only (the first that picks it), so the next failure has one culprit.
+//! The failed data of up to [`MAX_EVIDENCE_PIECES`] such pieces is kept with
+//! the sender of each block; when the piece later passes, every peer whose
+//! block differed from the good one is banned (proven bad data).
 //!
 //! Invariants:
 //! * a piece is in `have` only after it hashed correctly *and* was written;
@@ -49,11 +55,22 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The sender of each accepted block of a piece: (offset in the piece, peer).
+type BlockSenders = Vec<(u32, SocketAddr)>;
+
 /// Identifies a connection to the driver (a slab slot, reused after close).
 pub type ConnId = usize;
 
 /// A peer that sent data for this many pieces that failed their hash is banned.
 pub const MAX_BAD_PIECES_PER_PEER: u32 = 2;
+
+/// Pieces on parole (failed with blocks from several peers) at most; past it
+/// a failed piece is re-requested from anyone, as before parole.
+pub const MAX_PAROLE_PIECES: usize = 256;
+
+/// Failed pieces whose data is kept as evidence at most (memory bound: this
+/// many piece buffers).
+pub const MAX_EVIDENCE_PIECES: usize = 8;
 
 /// Most piece buffers (complete or being filled) held at once; past it no new
 /// piece is started until one is written. Bounds memory per torrent.
@@ -176,6 +193,13 @@ pub struct TorrentCore {
     /// Spare piece buffers for reuse.
     spare_buffers: Vec<Vec<u8>>,
     strikes: HashMap<SocketAddr, u32>,
+    /// Pieces that failed with blocks from several peers, and the peer that
+    /// alone may fetch them now (`None` until one picks a block of it).
+    parole: HashMap<u32, Option<SocketAddr>>,
+    /// Who sent each accepted block (offset, peer) of the pieces being received.
+    senders: HashMap<u32, BlockSenders>,
+    /// Failed data and its senders of pieces on parole (see module docs).
+    evidence: HashMap<u32, (Vec<u8>, BlockSenders)>,
     banned: HashSet<std::net::IpAddr>,
     actions: VecDeque<Action>,
     completed_reported: bool,
@@ -217,6 +241,9 @@ impl TorrentCore {
             in_flight: HashSet::new(),
             spare_buffers: Vec::new(),
             strikes: HashMap::new(),
+            parole: HashMap::new(),
+            senders: HashMap::new(),
+            evidence: HashMap::new(),
             banned: HashSet::new(),
             actions: VecDeque::new(),
             completed_reported: false,
@@ -518,6 +545,8 @@ impl TorrentCore {
             };
             let begin = block.begin as usize;
             buffer[begin..begin + data.len()].copy_from_slice(data);
+            let addr = self.conns[conn].addr;
+            self.senders.entry(block.piece).or_default().push((block.begin, addr));
         }
         if outcome == BlockOutcome::PieceComplete {
             if let Some(data) = self.buffers.remove(&block.piece) {
@@ -534,17 +563,42 @@ impl TorrentCore {
             self.give_buffer(data);
             return;
         }
+        let senders = self.senders.remove(&piece).unwrap_or_default();
         if passed {
+            if let Some((bad, bad_senders)) = self.evidence.remove(&piece) {
+                self.convict(piece, &data, &bad, &bad_senders);
+                self.give_buffer(bad);
+            }
             self.push(Action::WritePiece { piece, data });
             return;
         }
         self.in_flight.remove(&piece);
         self.stats.pieces_failed += 1;
         self.stats.failed_bytes += data.len() as u64;
-        self.give_buffer(data);
+        let several = senders.iter().any(|(_, a)| *a != senders[0].1);
+        if several
+            && !self.evidence.contains_key(&piece)
+            && self.evidence.len() < MAX_EVIDENCE_PIECES
+        {
+            self.evidence.insert(piece, (data, senders));
+        } else {
+            self.give_buffer(data);
+        }
         let mut contributors = Vec::new();
         if self.picker.piece_failed(piece, &mut contributors).is_err() {
             return;
+        }
+        if contributors.len() > 1 {
+            // Several senders: no culprit yet. Parole makes the next attempt
+            // come from a single peer (see `fill_requests`).
+            if self.parole.len() < MAX_PAROLE_PIECES || self.parole.contains_key(&piece) {
+                self.parole.insert(piece, None);
+            }
+            return;
+        }
+        if let Some(owner) = self.parole.get_mut(&piece) {
+            // The sole sender failed it: let another peer try next.
+            *owner = None;
         }
         for key in contributors {
             let Some(&conn) = self.keys.get(&key) else { continue };
@@ -580,6 +634,7 @@ impl TorrentCore {
         if self.picker.piece_verified(piece).is_err() {
             return;
         }
+        self.parole.remove(&piece);
         self.have.set(piece);
         self.stats.downloaded_bytes += self.picker.piece_size(piece) as u64;
         let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
@@ -701,15 +756,54 @@ impl TorrentCore {
             return;
         }
         let key = c.key;
+        let addr = c.addr;
         let mut picks = std::mem::take(&mut self.scratch_requests);
         picks.clear();
         let _ = self.picker.pick_blocks(key, slots, choked.as_deref(), &mut picks);
         for request in picks.drain(..) {
+            if !self.parole_allows(request.piece, addr) {
+                let _ = self.picker.request_rejected(key, request);
+                continue;
+            }
             if self.conns[conn].peer.request(request, now).is_err() {
                 let _ = self.picker.request_rejected(key, request);
             }
         }
         self.scratch_requests = picks;
+    }
+
+    /// `piece` passed as `good` after failing as `bad`: each peer that sent a
+    /// block of `bad` that differs from `good` sent bad data; ban it.
+    fn convict(&mut self, piece: u32, good: &[u8], bad: &[u8], senders: &[(u32, SocketAddr)]) {
+        for &(begin, addr) in senders {
+            let begin = begin as usize;
+            let end = (begin + crate::picker::BLOCK_SIZE as usize).min(good.len());
+            if bad.get(begin..end) == good.get(begin..end) {
+                continue;
+            }
+            self.strikes.insert(addr, MAX_BAD_PIECES_PER_PEER);
+            let guilty: Vec<ConnId> =
+                self.conns.iter().filter(|(_, c)| c.addr == addr).map(|(id, _)| id).collect();
+            for conn in guilty {
+                self.drop_conn(conn, format!("sent a bad block of piece {piece}"), true);
+            }
+            self.banned.insert(addr.ip());
+        }
+    }
+
+    /// Whether `addr` may fetch blocks of `piece`: any peer unless the piece
+    /// is on parole; then only its owner, which is `addr` when the piece has
+    /// none yet or the owner left.
+    fn parole_allows(&mut self, piece: u32, addr: SocketAddr) -> bool {
+        let Some(owner) = self.parole.get(&piece).copied() else { return true };
+        match owner {
+            Some(o) if o == addr => true,
+            Some(o) if self.conns.iter().any(|(_, c)| c.addr == o) => false,
+            _ => {
+                self.parole.insert(piece, Some(addr));
+                true
+            }
+        }
     }
 
     fn start_uploads(&mut self, conn: ConnId, now: Instant) {

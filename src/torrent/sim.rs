@@ -373,3 +373,39 @@ fn corrupt_peer_is_banned_and_download_completes_from_honest_seeder() {
         );
     }
 }
+
+/// Regression (found by tests/it/hostile_peer.rs against a real libtorrent
+/// seeder): with pieces of many blocks, a failed piece usually holds blocks
+/// from the honest seeder too. Striking every contributor banned the honest
+/// seeder along with the corrupt peer, and the download stalled.
+#[test]
+fn honest_peer_sharing_failed_pieces_with_a_corrupt_peer_is_never_struck() {
+    for seed in seeds() {
+        let mut swarm = Swarm::new(seed, 4 * 1024 * 1024, 256 * 1024, 2);
+        let count = swarm.nodes[2].core.have().len();
+        let params = swarm.nodes[2].core.params.clone();
+        swarm.nodes[2].core = TorrentCore::new(
+            params,
+            TorrentConfig::default(),
+            Bitfield::full(count),
+            &Bitfield::full(count),
+        )
+        .unwrap();
+        swarm.nodes[2].corrupt = true;
+        swarm.nodes[2].completed_at = Some(swarm.now);
+        swarm.connect(1, 2);
+        swarm.connect(1, 0);
+        swarm.run(Duration::from_secs(120));
+        swarm.assert_complete();
+        let leecher = &swarm.nodes[1].core;
+        assert!(leecher.stats().pieces_failed >= 1, "seed {seed}: garbage never detected");
+        assert!(
+            !leecher.strikes.contains_key(&Swarm::addr(0)),
+            "seed {seed}: the honest seeder was struck for the corrupt peer's blocks"
+        );
+        assert!(
+            leecher.banned.contains(&Swarm::addr(2).ip()),
+            "seed {seed}: corrupt peer not banned"
+        );
+    }
+}

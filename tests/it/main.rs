@@ -7,7 +7,9 @@
 
 mod helpers;
 
+mod download;
 mod foundation;
+mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
 mod storage;
