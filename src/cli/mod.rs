@@ -15,6 +15,7 @@ mod download;
 mod engine_args;
 mod info;
 mod progress;
+mod seed;
 mod verify;
 
 /// ringbit: a thread-per-core io_uring BitTorrent client for Linux servers.
@@ -41,6 +42,8 @@ pub enum Command {
     Announce(announce::Args),
     /// Download a torrent, verifying every piece; exit 0 when complete.
     Download(download::Args),
+    /// Serve a torrent's verified data to leechers until Ctrl-C.
+    Seed(seed::Args),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Announce(args) => announce::run(args),
         Command::Download(args) => download::run(args),
+        Command::Seed(args) => seed::run(args),
     };
     match result {
         Ok(code) => code,
