@@ -318,6 +318,8 @@ pub struct Peer {
     /// Requests the peer sent while we choke it (no fast extension): a few
     /// are in flight when we choke; many mean a broken peer.
     requests_while_choked: usize,
+    /// Requests of a fast peer rejected because its queue was full.
+    overflow_rejects: usize,
     snubbed: bool,
     events: VecDeque<Event>,
     out: Vec<u8>,
@@ -354,6 +356,7 @@ impl Peer {
             outstanding: VecDeque::new(),
             peer_requests: VecDeque::new(),
             requests_while_choked: 0,
+            overflow_rejects: 0,
             snubbed: false,
             events: VecDeque::new(),
             out: Vec::with_capacity(HANDSHAKE_LEN + 1024),
@@ -639,6 +642,13 @@ impl Peer {
         }
         if self.peer_requests.len() >= self.config.max_peer_requests {
             if self.fast {
+                // An honest peer keeps within the `reqq` we advertised; one
+                // that sends a whole queue's worth more is flooding us with
+                // requests only to make us write rejects: drop it.
+                self.overflow_rejects += 1;
+                if self.overflow_rejects > self.config.max_peer_requests {
+                    return Err(Violation::TooManyRequests { max: self.config.max_peer_requests });
+                }
                 self.send(Message::Reject(request), now);
                 return Ok(());
             }
@@ -1525,6 +1535,18 @@ mod tests {
                 assert_eq!(fourth, Err(Violation::TooManyRequests { max: 3 }));
                 continue;
             }
+            // A fast peer that keeps overflowing the queue is dropped after
+            // a queue's worth of rejects.
+            let mut flooder = serving(reserved, cfg.clone());
+            flooder.unchoke(now);
+            flooder.handle_bytes(&three, now).unwrap();
+            for i in 0..3 {
+                flooder.handle_bytes(&encode(&[Message::Request(r(10 + i))]), now).unwrap();
+            }
+            assert_eq!(
+                flooder.handle_bytes(&encode(&[Message::Request(r(20))]), now),
+                Err(Violation::TooManyRequests { max: 3 })
+            );
             // Cancel removes a queued request (and, fast, answers with reject).
             peer.handle_bytes(&encode(&[Message::Cancel(r(1))]), now).unwrap();
             assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Reject(r(1))]);
