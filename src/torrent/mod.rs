@@ -59,6 +59,10 @@ pub const MAX_BAD_PIECES_PER_PEER: u32 = 2;
 /// piece is started until one is written. Bounds memory per torrent.
 pub const MAX_PIECE_BUFFERS: usize = 512;
 
+/// A peer whose requests for pieces we do not have (we sent it our bitfield:
+/// an honest peer never asks) were rejected this many times is dropped.
+pub const MAX_REJECTED_REQUESTS_PER_PEER: u32 = 64;
+
 /// Disk reads for one peer's uploads in flight at most.
 pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 16;
 
@@ -144,6 +148,8 @@ struct Conn {
     /// Known to the picker (handshake done).
     joined: bool,
     upload_reads: usize,
+    /// Requests for pieces we lack, rejected so far.
+    rejected_requests: u32,
 }
 
 /// Transfer counters of the torrent.
@@ -339,7 +345,14 @@ impl TorrentCore {
     fn insert(&mut self, addr: SocketAddr, peer: Peer) -> ConnId {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
-        let conn = self.conns.insert(Conn { key, addr, peer, joined: false, upload_reads: 0 });
+        let conn = self.conns.insert(Conn {
+            key,
+            addr,
+            peer,
+            joined: false,
+            upload_reads: 0,
+            rejected_requests: 0,
+        });
         self.keys.insert(key, conn);
         conn
     }
@@ -723,6 +736,13 @@ impl TorrentCore {
             let Some(request) = c.peer.next_upload() else { return };
             if !self.have.get(request.piece) {
                 c.peer.reject(request, now);
+                c.rejected_requests += 1;
+                if c.rejected_requests > MAX_REJECTED_REQUESTS_PER_PEER {
+                    let reason =
+                        format!("{} requests for pieces we do not have", c.rejected_requests);
+                    self.drop_conn(conn, reason, false);
+                    return;
+                }
                 continue;
             }
             c.upload_reads += 1;
@@ -744,3 +764,97 @@ fn is_hostile(violation: &Violation) -> bool {
 
 #[cfg(test)]
 mod sim;
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use crate::wire::{decode, Decoded, Message, Reserved, WireLimits, HANDSHAKE_LEN};
+
+    const PIECE_LEN: u32 = 32 * 1024;
+    const PIECES: u32 = 4;
+
+    /// A core that has piece 0 only, with one fast-extension peer connected.
+    fn partial_seed() -> (TorrentCore, ConnId, Instant) {
+        let now = Instant::now();
+        let params = TorrentParams {
+            info_hash: InfoHash([3; 20]),
+            piece_length: PIECE_LEN,
+            total_length: u64::from(PIECE_LEN * PIECES),
+            piece_hashes: vec![[0; 20]; PIECES as usize],
+            our_peer_id: PeerId([1; 20]),
+            listen_port: None,
+            metadata_size: None,
+        };
+        let mut have = Bitfield::new(PIECES);
+        have.set(0);
+        let mut core =
+            TorrentCore::new(params, TorrentConfig::default(), have.clone(), &have).expect("core");
+        let hs = Handshake {
+            reserved: Reserved::OURS,
+            info_hash: InfoHash([3; 20]),
+            peer_id: PeerId([7; 20]),
+        };
+        let conn = core.accepted(SocketAddr::from(([10, 0, 0, 2], 7000)), hs, now).unwrap();
+        let mut out = Vec::new();
+        core.take_outgoing(conn, &mut out);
+        assert!(out.len() >= HANDSHAKE_LEN);
+        let mut bytes = Vec::new();
+        Message::Interested.encode(&mut bytes);
+        core.on_data(conn, &bytes, now);
+        assert!(sent(&mut core, conn).contains(&"unchoke".to_string()));
+        (core, conn, now)
+    }
+
+    /// Names of the messages queued for `conn` (requests/rejects with their piece).
+    fn sent(core: &mut TorrentCore, conn: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        core.take_outgoing(conn, &mut out);
+        let limits = WireLimits::for_pieces(PIECES);
+        let mut at = 0;
+        let mut names = Vec::new();
+        while let Ok(Decoded::Message { message, consumed }) = decode(&out[at..], &limits) {
+            names.push(match message {
+                Message::Unchoke => "unchoke".to_string(),
+                Message::Reject(r) => format!("reject {}", r.piece),
+                other => format!("{other:?}"),
+            });
+            at += consumed;
+        }
+        names
+    }
+
+    fn request(piece: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Message::Request(BlockRequest { piece, begin: 0, length: 16 * 1024 }).encode(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn requests_for_pieces_we_lack_are_rejected_and_served_ones_read() {
+        let (mut core, conn, now) = partial_seed();
+        core.on_data(conn, &request(2), now);
+        assert_eq!(sent(&mut core, conn), ["reject 2"]);
+        core.on_data(conn, &request(0), now);
+        let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::ReadBlock { request, .. } if request.piece == 0)));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    #[test]
+    fn a_peer_that_keeps_asking_for_pieces_we_lack_is_dropped() {
+        let (mut core, conn, now) = partial_seed();
+        for i in 0..MAX_REJECTED_REQUESTS_PER_PEER {
+            core.on_data(conn, &request(1 + i % (PIECES - 1)), now);
+        }
+        assert_eq!(core.connection_count(), 1, "dropped too early");
+        core.on_data(conn, &request(3), now);
+        assert_eq!(core.connection_count(), 0);
+        let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Disconnect { conn: c, .. } if *c == conn)),
+            "{actions:?}"
+        );
+    }
+}
