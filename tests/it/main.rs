@@ -10,6 +10,7 @@ mod helpers;
 mod foundation;
 mod peer_harness_selftest;
 mod peers;
+mod seeding;
 mod storage;
 mod trackers;
 mod wire;
