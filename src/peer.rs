@@ -23,7 +23,8 @@
 //!   counted in [`PeerStats::unrequested_bytes`]);
 //! * the event queue stops accepting input at [`MAX_QUEUED_EVENTS`]: a single
 //!   message adds at most `max_outstanding_requests` more (a choke dropping
-//!   every request), so the queue is bounded;
+//!   every request) or, once per piece, `piece_count` (a late bitfield taken
+//!   as haves), so the queue is bounded;
 //! * hostile input becomes a [`Violation`] (disconnect with a reason), never a
 //!   panic.
 
@@ -171,8 +172,6 @@ pub enum Violation {
     HandshakeTimeout(Duration),
     #[error("peer silent for {0:?}")]
     Idle(Duration),
-    #[error("bitfield/have-all/have-none after other messages")]
-    BitfieldNotFirst,
     #[error("bad bitfield: {0}")]
     BadBitfield(#[from] BitfieldError),
     #[error("piece {piece} out of range (torrent has {piece_count})")]
@@ -509,15 +508,23 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
+                let pieces = Bitfield::from_bytes(bytes, self.setup.piece_count)?;
                 if !first {
-                    return Err(Violation::BitfieldNotFirst);
+                    // aria2 batches its haves into a bitfield (or have-all)
+                    // mid-connection: take it as haves of the new pieces.
+                    self.late_bitfield(|p| pieces.get(p));
+                    return Ok(());
                 }
-                self.pieces = Bitfield::from_bytes(bytes, self.setup.piece_count)?;
+                self.pieces = pieces;
                 self.events.push_back(Event::Bitfield);
             }
             Message::HaveAll | Message::HaveNone => {
                 if !first {
-                    return Err(Violation::BitfieldNotFirst);
+                    if msg == Message::HaveAll {
+                        self.late_bitfield(|_| true);
+                    }
+                    // A late have-none adds nothing (pieces are never lost).
+                    return Ok(());
                 }
                 self.pieces = if msg == Message::HaveAll {
                     Bitfield::full(self.setup.piece_count)
@@ -599,6 +606,18 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// A bitfield (or have-all) after other messages: every piece it sets
+    /// that we did not know of becomes an [`Event::Have`] (at most once per
+    /// piece per connection, so at most `piece_count` events in all).
+    fn late_bitfield(&mut self, has: impl Fn(u32) -> bool) {
+        for piece in 0..self.setup.piece_count {
+            if has(piece) && !self.pieces.get(piece) {
+                self.pieces.set(piece);
+                self.events.push_back(Event::Have(piece));
+            }
+        }
     }
 
     fn check_piece(&self, piece: u32) -> Result<(), Violation> {
@@ -1305,14 +1324,22 @@ mod tests {
         assert_eq!(peer.handle_bytes(&bytes, now), Ok(bytes.len()));
         assert_eq!(events(&mut peer), [Event::ExtensionHandshake, Event::Bitfield]);
         assert!(peer.pieces().is_full());
-        // Bitfield after a have, twice, after have-all.
-        for first in [Message::Have { piece: 0 }, Message::Bitfield(&bf), Message::HaveNone] {
+        // A late bitfield or have-all (aria2 batches haves so) adds haves of
+        // the new pieces only; a late have-none changes nothing.
+        let all_but_0: Vec<Event> = (1..10).map(Event::Have).collect();
+        for (first, then, expected) in [
+            (Message::Have { piece: 0 }, Message::Bitfield(&bf), all_but_0.clone()),
+            (Message::Have { piece: 0 }, Message::HaveAll, all_but_0.clone()),
+            (Message::Bitfield(&bf), Message::Bitfield(&bf), vec![]),
+            (Message::Bitfield(&bf), Message::HaveNone, vec![]),
+            (Message::HaveNone, Message::HaveAll, (0..10).map(Event::Have).collect()),
+        ] {
             let mut peer = connected(Reserved::OURS, now);
-            let bytes = encode(&[first, Message::Bitfield(&bf)]);
-            assert_eq!(peer.handle_bytes(&bytes, now), Err(Violation::BitfieldNotFirst));
-            let mut peer = connected(Reserved::OURS, now);
-            let bytes = encode(&[first, Message::HaveAll]);
-            assert_eq!(peer.handle_bytes(&bytes, now), Err(Violation::BitfieldNotFirst));
+            let bytes = encode(&[first, then]);
+            assert_eq!(peer.handle_bytes(&bytes, now), Ok(bytes.len()));
+            let got = events(&mut peer);
+            assert_eq!(&got[1..], &expected[..], "{first:?} then {then:?}");
+            assert!(peer.pieces().is_full() || expected.is_empty());
         }
         // Wrong length, spare bits set.
         let mut peer = connected(plain(), now);
