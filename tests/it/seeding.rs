@@ -395,8 +395,8 @@ fn requests_for_missing_pieces_are_rejected_by_a_partial_seed() {
 /// Goal: a leecher flooding requests (thousands past the advertised queue
 /// limit) is dropped, and an honest leecher downloading at the same time is
 /// not affected.
-/// Setup: full seed; libtorrent leeches; a hand-written fast-extension peer
-/// gets unchoked and sends 20,000 requests in one go (from a thread, while
+/// Setup: full seed on 127.0.0.1 and ::1; libtorrent leeches over
+/// 127.0.0.1; a hand-written fast-extension peer over ::1 gets unchoked and sends 20,000 requests in one go (from a thread, while
 /// the main thread reads).
 /// Check: the flooder's connection is closed by the seeder; libtorrent
 /// completes with identical files.
@@ -404,8 +404,11 @@ fn requests_for_missing_pieces_are_rejected_by_a_partial_seed() {
 fn request_flooder_is_dropped_while_an_honest_leecher_completes() {
     let payload = Payload::multi_file("multi", PIECE_LOG2);
     let torrent = payload.torrent(&[]);
-    let seed = RingbitSeed::start(&torrent, &payload.save_path, &[], None);
-    let (mut peer, _, count) = RawPeer::connect(seed.addr(), &payload.info_hash);
+    // The flooder comes from ::1: a dropped flooder's address is banned, and
+    // the honest leecher must not share it (as on the Internet).
+    let seed = RingbitSeed::start(&torrent, &payload.save_path, &["--bind", "::1"], None);
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, seed.port));
+    let (mut peer, _, count) = RawPeer::connect(v6, &payload.info_hash);
     assert_eq!(count, u32::MAX, "a full seed sends have-all to a fast peer");
     peer.get_unchoked();
     let out = tempfile::tempdir().unwrap();
