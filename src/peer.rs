@@ -23,7 +23,8 @@
 //!   counted in [`PeerStats::unrequested_bytes`]);
 //! * the event queue stops accepting input at [`MAX_QUEUED_EVENTS`]: a single
 //!   message adds at most `max_outstanding_requests` more (a choke dropping
-//!   every request), so the queue is bounded;
+//!   every request) or, once per piece, `piece_count` (a late bitfield taken
+//!   as haves), so the queue is bounded;
 //! * hostile input becomes a [`Violation`] (disconnect with a reason), never a
 //!   panic.
 
@@ -171,8 +172,6 @@ pub enum Violation {
     HandshakeTimeout(Duration),
     #[error("peer silent for {0:?}")]
     Idle(Duration),
-    #[error("bitfield/have-all/have-none after other messages")]
-    BitfieldNotFirst,
     #[error("bad bitfield: {0}")]
     BadBitfield(#[from] BitfieldError),
     #[error("piece {piece} out of range (torrent has {piece_count})")]
@@ -318,6 +317,8 @@ pub struct Peer {
     /// Requests the peer sent while we choke it (no fast extension): a few
     /// are in flight when we choke; many mean a broken peer.
     requests_while_choked: usize,
+    /// Requests of a fast peer rejected because its queue was full.
+    overflow_rejects: usize,
     snubbed: bool,
     events: VecDeque<Event>,
     out: Vec<u8>,
@@ -354,6 +355,7 @@ impl Peer {
             outstanding: VecDeque::new(),
             peer_requests: VecDeque::new(),
             requests_while_choked: 0,
+            overflow_rejects: 0,
             snubbed: false,
             events: VecDeque::new(),
             out: Vec::with_capacity(HANDSHAKE_LEN + 1024),
@@ -506,15 +508,23 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
+                let pieces = Bitfield::from_bytes(bytes, self.setup.piece_count)?;
                 if !first {
-                    return Err(Violation::BitfieldNotFirst);
+                    // aria2 batches its haves into a bitfield (or have-all)
+                    // mid-connection: take it as haves of the new pieces.
+                    self.late_bitfield(|p| pieces.get(p));
+                    return Ok(());
                 }
-                self.pieces = Bitfield::from_bytes(bytes, self.setup.piece_count)?;
+                self.pieces = pieces;
                 self.events.push_back(Event::Bitfield);
             }
             Message::HaveAll | Message::HaveNone => {
                 if !first {
-                    return Err(Violation::BitfieldNotFirst);
+                    if msg == Message::HaveAll {
+                        self.late_bitfield(|_| true);
+                    }
+                    // A late have-none adds nothing (pieces are never lost).
+                    return Ok(());
                 }
                 self.pieces = if msg == Message::HaveAll {
                     Bitfield::full(self.setup.piece_count)
@@ -598,6 +608,18 @@ impl Peer {
         Ok(())
     }
 
+    /// A bitfield (or have-all) after other messages: every piece it sets
+    /// that we did not know of becomes an [`Event::Have`] (at most once per
+    /// piece per connection, so at most `piece_count` events in all).
+    fn late_bitfield(&mut self, has: impl Fn(u32) -> bool) {
+        for piece in 0..self.setup.piece_count {
+            if has(piece) && !self.pieces.get(piece) {
+                self.pieces.set(piece);
+                self.events.push_back(Event::Have(piece));
+            }
+        }
+    }
+
     fn check_piece(&self, piece: u32) -> Result<(), Violation> {
         if piece < self.setup.piece_count {
             Ok(())
@@ -639,6 +661,13 @@ impl Peer {
         }
         if self.peer_requests.len() >= self.config.max_peer_requests {
             if self.fast {
+                // An honest peer keeps within the `reqq` we advertised; one
+                // that sends a whole queue's worth more is flooding us with
+                // requests only to make us write rejects: drop it.
+                self.overflow_rejects += 1;
+                if self.overflow_rejects > self.config.max_peer_requests {
+                    return Err(Violation::TooManyRequests { max: self.config.max_peer_requests });
+                }
                 self.send(Message::Reject(request), now);
                 return Ok(());
             }
@@ -1295,14 +1324,22 @@ mod tests {
         assert_eq!(peer.handle_bytes(&bytes, now), Ok(bytes.len()));
         assert_eq!(events(&mut peer), [Event::ExtensionHandshake, Event::Bitfield]);
         assert!(peer.pieces().is_full());
-        // Bitfield after a have, twice, after have-all.
-        for first in [Message::Have { piece: 0 }, Message::Bitfield(&bf), Message::HaveNone] {
+        // A late bitfield or have-all (aria2 batches haves so) adds haves of
+        // the new pieces only; a late have-none changes nothing.
+        let all_but_0: Vec<Event> = (1..10).map(Event::Have).collect();
+        for (first, then, expected) in [
+            (Message::Have { piece: 0 }, Message::Bitfield(&bf), all_but_0.clone()),
+            (Message::Have { piece: 0 }, Message::HaveAll, all_but_0.clone()),
+            (Message::Bitfield(&bf), Message::Bitfield(&bf), vec![]),
+            (Message::Bitfield(&bf), Message::HaveNone, vec![]),
+            (Message::HaveNone, Message::HaveAll, (0..10).map(Event::Have).collect()),
+        ] {
             let mut peer = connected(Reserved::OURS, now);
-            let bytes = encode(&[first, Message::Bitfield(&bf)]);
-            assert_eq!(peer.handle_bytes(&bytes, now), Err(Violation::BitfieldNotFirst));
-            let mut peer = connected(Reserved::OURS, now);
-            let bytes = encode(&[first, Message::HaveAll]);
-            assert_eq!(peer.handle_bytes(&bytes, now), Err(Violation::BitfieldNotFirst));
+            let bytes = encode(&[first, then]);
+            assert_eq!(peer.handle_bytes(&bytes, now), Ok(bytes.len()));
+            let got = events(&mut peer);
+            assert_eq!(&got[1..], &expected[..], "{first:?} then {then:?}");
+            assert!(peer.pieces().is_full() || expected.is_empty());
         }
         // Wrong length, spare bits set.
         let mut peer = connected(plain(), now);
@@ -1525,6 +1562,18 @@ mod tests {
                 assert_eq!(fourth, Err(Violation::TooManyRequests { max: 3 }));
                 continue;
             }
+            // A fast peer that keeps overflowing the queue is dropped after
+            // a queue's worth of rejects.
+            let mut flooder = serving(reserved, cfg.clone());
+            flooder.unchoke(now);
+            flooder.handle_bytes(&three, now).unwrap();
+            for i in 0..3 {
+                flooder.handle_bytes(&encode(&[Message::Request(r(10 + i))]), now).unwrap();
+            }
+            assert_eq!(
+                flooder.handle_bytes(&encode(&[Message::Request(r(20))]), now),
+                Err(Violation::TooManyRequests { max: 3 })
+            );
             // Cancel removes a queued request (and, fast, answers with reject).
             peer.handle_bytes(&encode(&[Message::Cancel(r(1))]), now).unwrap();
             assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Reject(r(1))]);

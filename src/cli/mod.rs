@@ -17,6 +17,7 @@ mod engine_args;
 mod info;
 mod progress;
 mod units;
+mod seed;
 mod verify;
 
 /// ringbit: a thread-per-core io_uring BitTorrent client for Linux servers.
@@ -46,6 +47,8 @@ pub enum Command {
     /// Seed a generated payload from one ringbit process to others over
     /// loopback and report throughput, CPU and memory (no internet needed).
     Bench(bench::Args),
+    /// Serve a torrent's verified data to leechers until Ctrl-C.
+    Seed(seed::Args),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Announce(args) => announce::run(args),
         Command::Download(args) => download::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Seed(args) => seed::run(args),
     };
     match result {
         Ok(code) => code,

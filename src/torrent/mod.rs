@@ -46,6 +46,7 @@
 //!   readers instead of memory growth).
 
 use crate::bitfield::Bitfield;
+use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot};
 use crate::metainfo::InfoHash;
 use crate::peer::{Event, Peer, PeerConfig, PeerSetup, Violation};
 use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError};
@@ -75,6 +76,10 @@ pub const MAX_EVIDENCE_PIECES: usize = 8;
 /// Most piece buffers (complete or being filled) held at once; past it no new
 /// piece is started until one is written. Bounds memory per torrent.
 pub const MAX_PIECE_BUFFERS: usize = 512;
+
+/// A peer whose requests for pieces we do not have (we sent it our bitfield:
+/// an honest peer never asks) were rejected this many times is dropped.
+pub const MAX_REJECTED_REQUESTS_PER_PEER: u32 = 64;
 
 /// Disk reads for one peer's uploads in flight at most.
 pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 64;
@@ -152,6 +157,8 @@ pub enum TorrentError {
     TooManyConnections(usize),
     #[error("peer {0} is banned")]
     Banned(SocketAddr),
+    #[error(transparent)]
+    Choker(#[from] ChokerError),
 }
 
 struct Conn {
@@ -161,6 +168,10 @@ struct Conn {
     /// Known to the picker (handshake done).
     joined: bool,
     upload_reads: usize,
+    /// Requests for pieces we lack, rejected so far.
+    rejected_requests: u32,
+    /// For the choker's new-peer weighting.
+    connected_at: Instant,
 }
 
 /// Transfer counters of the torrent.
@@ -206,6 +217,11 @@ pub struct TorrentCore {
     stats: TorrentStats,
     scratch_requests: Vec<crate::picker::BlockRequest>,
     scratch_keys: Vec<PeerKey>,
+    choker: Choker,
+    /// A slot holder left or lost interest: rechoke at the next tick.
+    rechoke_soon: bool,
+    scratch_snapshots: Vec<PeerSnapshot>,
+    scratch_unchoke: Vec<PeerKey>,
 }
 
 impl TorrentCore {
@@ -225,6 +241,7 @@ impl TorrentCore {
             config.seed,
         )?;
         let piece_count = picker.piece_count();
+        let choker = Choker::new(choker_config(config.upload_slots), config.seed)?;
         if params.piece_hashes.len() != piece_count as usize {
             return Err(TorrentError::PieceCount(params.piece_hashes.len(), piece_count));
         }
@@ -250,6 +267,10 @@ impl TorrentCore {
             stats: TorrentStats::default(),
             scratch_requests: Vec::new(),
             scratch_keys: Vec::new(),
+            choker,
+            rechoke_soon: false,
+            scratch_snapshots: Vec::new(),
+            scratch_unchoke: Vec::new(),
         };
         core.check_completed();
         Ok(core)
@@ -326,7 +347,7 @@ impl TorrentCore {
     pub fn connected(&mut self, addr: SocketAddr, now: Instant) -> Result<ConnId, TorrentError> {
         self.admit(addr)?;
         let peer = Peer::outgoing(self.config.peer.clone(), self.peer_setup(addr), now);
-        Ok(self.insert(addr, peer))
+        Ok(self.insert(addr, peer, now))
     }
 
     /// The listener accepted `addr` and read its `handshake`; ours is queued.
@@ -339,12 +360,12 @@ impl TorrentCore {
         self.admit(addr)?;
         let setup = self.peer_setup(addr);
         let conn = match Peer::incoming(self.config.peer.clone(), setup.clone(), handshake, now) {
-            Ok(peer) => self.insert(addr, peer),
+            Ok(peer) => self.insert(addr, peer, now),
             Err(violation) => {
                 // Keep the slot long enough to report the disconnect the
                 // driver expects for every ConnId it was given.
                 let peer = Peer::outgoing(self.config.peer.clone(), setup, now);
-                let conn = self.insert(addr, peer);
+                let conn = self.insert(addr, peer, now);
                 self.drop_conn(conn, violation.to_string(), false);
                 return Ok(conn);
             }
@@ -363,10 +384,18 @@ impl TorrentCore {
         Ok(())
     }
 
-    fn insert(&mut self, addr: SocketAddr, peer: Peer) -> ConnId {
+    fn insert(&mut self, addr: SocketAddr, peer: Peer, now: Instant) -> ConnId {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
-        let conn = self.conns.insert(Conn { key, addr, peer, joined: false, upload_reads: 0 });
+        let conn = self.conns.insert(Conn {
+            key,
+            addr,
+            peer,
+            joined: false,
+            upload_reads: 0,
+            rejected_requests: 0,
+            connected_at: now,
+        });
         self.keys.insert(key, conn);
         conn
     }
@@ -381,6 +410,7 @@ impl TorrentCore {
     fn forget(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.try_remove(conn)?;
         self.keys.remove(&c.key);
+        self.rechoke_soon |= !c.peer.am_choking();
         if c.joined {
             // The picker releases the peer's reservations and availability.
             let _ = self.picker.remove_peer(c.key);
@@ -443,10 +473,12 @@ impl TorrentCore {
             }
             self.process_events(conn, &[], now);
             if self.conns.contains(conn) {
-                self.choke_policy(conn, now);
                 self.fill_requests(conn, now);
                 self.start_uploads(conn, now);
             }
+        }
+        if self.rechoke_soon || self.choker.rechoke_due(now) {
+            self.rechoke(now);
         }
     }
 
@@ -724,8 +756,9 @@ impl TorrentCore {
         }
     }
 
-    /// Unchokes interested peers while slots are free. (The rotating
-    /// tit-for-tat choker replaces this first-come policy.)
+    /// A peer joined or changed its interest: a newcomer gets a free slot at
+    /// once (no 10 s wait for the next rechoke), a peer that lost interest
+    /// gives its slot back. The choker decides the rest at each rechoke.
     fn choke_policy(&mut self, conn: ConnId, now: Instant) {
         let unchoked = self.conns.iter().filter(|(_, c)| !c.peer.am_choking()).count();
         let c = &mut self.conns[conn];
@@ -736,7 +769,39 @@ impl TorrentCore {
             c.peer.unchoke(now);
         } else if !c.peer.peer_interested() && !c.peer.am_choking() {
             c.peer.choke(now);
+            self.rechoke_soon = true;
         }
+    }
+
+    /// Runs the choker (tit-for-tat while leeching, round-robin while
+    /// seeding, one optimistic slot) and applies its unchoke set.
+    fn rechoke(&mut self, now: Instant) {
+        self.rechoke_soon = false;
+        let mut snapshots = std::mem::take(&mut self.scratch_snapshots);
+        snapshots.clear();
+        snapshots.extend(self.conns.iter().filter(|(_, c)| c.joined && c.peer.is_active()).map(
+            |(_, c)| PeerSnapshot {
+                key: c.key,
+                interested: c.peer.peer_interested(),
+                download_rate: c.peer.download_rate(),
+                upload_rate: c.peer.upload_rate(),
+                connected_at: c.connected_at,
+                snubbed: c.peer.is_snubbed(),
+            },
+        ));
+        let mode = if self.picker.is_finished() { ChokeMode::Seeding } else { ChokeMode::Leeching };
+        let mut unchoke = std::mem::take(&mut self.scratch_unchoke);
+        self.choker.rechoke(now, mode, &snapshots, &mut unchoke);
+        for (_, c) in self.conns.iter_mut().filter(|(_, c)| c.joined && c.peer.is_active()) {
+            let chosen = unchoke.contains(&c.key);
+            if chosen && c.peer.am_choking() {
+                c.peer.unchoke(now);
+            } else if !chosen && !c.peer.am_choking() {
+                c.peer.choke(now);
+            }
+        }
+        self.scratch_snapshots = snapshots;
+        self.scratch_unchoke = unchoke;
     }
 
     fn fill_requests(&mut self, conn: ConnId, now: Instant) {
@@ -817,11 +882,29 @@ impl TorrentCore {
             let Some(request) = c.peer.next_upload() else { return };
             if !self.have.get(request.piece) {
                 c.peer.reject(request, now);
+                c.rejected_requests += 1;
+                if c.rejected_requests > MAX_REJECTED_REQUESTS_PER_PEER {
+                    let reason =
+                        format!("{} requests for pieces we do not have", c.rejected_requests);
+                    self.drop_conn(conn, reason, false);
+                    return;
+                }
                 continue;
             }
             c.upload_reads += 1;
             self.push(Action::ReadBlock { conn, request });
         }
+    }
+}
+
+/// The choker's slots for `upload_slots` peers unchoked at once: one of them
+/// optimistic when there are two or more.
+fn choker_config(upload_slots: usize) -> ChokerConfig {
+    let optimistic_slots = usize::from(upload_slots >= 2);
+    ChokerConfig {
+        upload_slots: upload_slots.max(1) - optimistic_slots,
+        optimistic_slots,
+        ..ChokerConfig::default()
     }
 }
 
@@ -838,3 +921,148 @@ fn is_hostile(violation: &Violation) -> bool {
 
 #[cfg(test)]
 mod sim;
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use crate::wire::{decode, Decoded, Message, Reserved, WireLimits, HANDSHAKE_LEN};
+
+    const PIECE_LEN: u32 = 32 * 1024;
+    const PIECES: u32 = 4;
+
+    /// A core that has piece 0 only, with one fast-extension peer connected.
+    fn partial_seed() -> (TorrentCore, ConnId, Instant) {
+        let now = Instant::now();
+        let params = TorrentParams {
+            info_hash: InfoHash([3; 20]),
+            piece_length: PIECE_LEN,
+            total_length: u64::from(PIECE_LEN * PIECES),
+            piece_hashes: vec![[0; 20]; PIECES as usize],
+            our_peer_id: PeerId([1; 20]),
+            listen_port: None,
+            metadata_size: None,
+        };
+        let mut have = Bitfield::new(PIECES);
+        have.set(0);
+        let mut core =
+            TorrentCore::new(params, TorrentConfig::default(), have.clone(), &have).expect("core");
+        let hs = Handshake {
+            reserved: Reserved::OURS,
+            info_hash: InfoHash([3; 20]),
+            peer_id: PeerId([7; 20]),
+        };
+        let conn = core.accepted(SocketAddr::from(([10, 0, 0, 2], 7000)), hs, now).unwrap();
+        let mut out = Vec::new();
+        core.take_outgoing(conn, &mut out);
+        assert!(out.len() >= HANDSHAKE_LEN);
+        let mut bytes = Vec::new();
+        Message::Interested.encode(&mut bytes);
+        core.on_data(conn, &bytes, now);
+        assert!(sent(&mut core, conn).contains(&"unchoke".to_string()));
+        (core, conn, now)
+    }
+
+    /// Names of the messages queued for `conn` (requests/rejects with their piece).
+    fn sent(core: &mut TorrentCore, conn: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        core.take_outgoing(conn, &mut out);
+        let limits = WireLimits::for_pieces(PIECES);
+        let mut at = 0;
+        let mut names = Vec::new();
+        while let Ok(Decoded::Message { message, consumed }) = decode(&out[at..], &limits) {
+            names.push(match message {
+                Message::Unchoke => "unchoke".to_string(),
+                Message::Reject(r) => format!("reject {}", r.piece),
+                other => format!("{other:?}"),
+            });
+            at += consumed;
+        }
+        names
+    }
+
+    fn request(piece: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Message::Request(BlockRequest { piece, begin: 0, length: 16 * 1024 }).encode(&mut bytes);
+        bytes
+    }
+
+    /// Goal: the choker is wired in: a seed with 2 upload slots and 4
+    /// interested peers rotates its slots (round-robin + optimistic) so every
+    /// peer is served within two minutes, never more than 2 at once.
+    #[test]
+    fn seeding_rotates_upload_slots_among_interested_peers() {
+        let t0 = Instant::now();
+        let params = TorrentParams {
+            info_hash: InfoHash([3; 20]),
+            piece_length: PIECE_LEN,
+            total_length: u64::from(PIECE_LEN * PIECES),
+            piece_hashes: vec![[0; 20]; PIECES as usize],
+            our_peer_id: PeerId([1; 20]),
+            listen_port: None,
+            metadata_size: None,
+        };
+        let full = Bitfield::full(PIECES);
+        let config = TorrentConfig { upload_slots: 2, ..TorrentConfig::default() };
+        let mut core = TorrentCore::new(params, config, full.clone(), &full).unwrap();
+        let mut interested = Vec::new();
+        Message::Interested.encode(&mut interested);
+        let conns: Vec<ConnId> = (0..4u8)
+            .map(|i| {
+                let hs = Handshake {
+                    reserved: Reserved::OURS,
+                    info_hash: InfoHash([3; 20]),
+                    peer_id: PeerId([10 + i; 20]),
+                };
+                let addr = SocketAddr::from(([10, 0, 0, 10 + i], 7000));
+                let conn = core.accepted(addr, hs, t0).unwrap();
+                core.on_data(conn, &interested, t0);
+                conn
+            })
+            .collect();
+        let mut served = HashSet::new();
+        for second in 0..120 {
+            let now = t0 + std::time::Duration::from_secs(second);
+            core.tick(now);
+            let unchoked: Vec<ConnId> =
+                conns.iter().copied().filter(|&c| !core.conns[c].peer.am_choking()).collect();
+            assert!(unchoked.len() <= 2, "at {second} s: {unchoked:?} unchoked");
+            served.extend(unchoked);
+            // Keep the peers alive (keep-alive) so none idles out.
+            for &c in &conns {
+                core.on_data(c, &[0, 0, 0, 0], now);
+                let mut out = Vec::new();
+                core.take_outgoing(c, &mut out);
+            }
+        }
+        assert_eq!(served.len(), 4, "only {served:?} ever unchoked");
+    }
+
+    #[test]
+    fn requests_for_pieces_we_lack_are_rejected_and_served_ones_read() {
+        let (mut core, conn, now) = partial_seed();
+        core.on_data(conn, &request(2), now);
+        assert_eq!(sent(&mut core, conn), ["reject 2"]);
+        core.on_data(conn, &request(0), now);
+        let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::ReadBlock { request, .. } if request.piece == 0)));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    #[test]
+    fn a_peer_that_keeps_asking_for_pieces_we_lack_is_dropped() {
+        let (mut core, conn, now) = partial_seed();
+        for i in 0..MAX_REJECTED_REQUESTS_PER_PEER {
+            core.on_data(conn, &request(1 + i % (PIECES - 1)), now);
+        }
+        assert_eq!(core.connection_count(), 1, "dropped too early");
+        core.on_data(conn, &request(3), now);
+        assert_eq!(core.connection_count(), 0);
+        let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Disconnect { conn: c, .. } if *c == conn)),
+            "{actions:?}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
+mod seeding;
 mod storage;
 mod trackers;
 mod wire;
