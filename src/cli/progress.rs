@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 /// Seconds between progress lines when stderr is not a terminal.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A counting bar (pieces checked, pieces hashed), hidden when stderr is not
+/// a terminal.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    if !super::stderr_is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 /// Download progress: percent, rates, peers, ETA.
 pub struct Transfer {
     bar: Option<ProgressBar>,
