@@ -16,8 +16,8 @@ mod download;
 mod engine_args;
 mod info;
 mod progress;
-mod units;
 mod seed;
+mod units;
 mod verify;
 
 /// ringbit: a thread-per-core io_uring BitTorrent client for Linux servers.

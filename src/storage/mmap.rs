@@ -10,7 +10,7 @@
 //! Remaining hazard, documented rather than handled: another process
 //! truncating a mapped file makes accesses past its new end raise SIGBUS.
 
-use super::{check_block, check_piece, OpenFile, StorageError};
+use super::{check_piece, read_block_with, OpenFile, StorageError};
 use crate::layout::Layout;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -89,15 +89,7 @@ impl MmapStore {
         len: u32,
         buf: &mut Vec<u8>,
     ) -> Result<usize, StorageError> {
-        check_block(&self.layout, index, begin, len)?;
-        buf.clear();
-        buf.resize(len as usize, 0);
-        for span in self.layout.block_spans(index, begin, len) {
-            let out = &mut buf[(span.piece_offset - begin) as usize..][..span.len as usize];
-            if span.pad {
-                out.fill(0);
-                continue;
-            }
+        read_block_with(&self.layout, index, begin, len, buf, |span, out| {
             let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
             assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
             // SAFETY: in bounds of the live mapping (asserted above); `out` is
@@ -110,8 +102,8 @@ impl MmapStore {
                     out.len(),
                 );
             }
-        }
-        Ok(len as usize)
+            Ok(())
+        })
     }
 
     pub fn flush(&self) -> Result<(), StorageError> {

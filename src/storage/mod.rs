@@ -30,7 +30,7 @@ pub mod resume;
 mod uring;
 
 use crate::bitfield::Bitfield;
-use crate::layout::{Layout, LayoutError};
+use crate::layout::{FileSpan, Layout, LayoutError};
 use crate::metainfo::Info;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -285,6 +285,31 @@ pub(crate) fn check_block(
         return Err(StorageError::BlockOutOfRange { index, begin, len, size });
     }
     Ok(())
+}
+
+/// Fills `buf` with `len` bytes at `begin` of piece `index`: pad spans as
+/// zeros, every file span through `read_span(span, out)`. The sync backends
+/// share this walk and differ only in how one span is copied.
+pub(crate) fn read_block_with(
+    layout: &Layout,
+    index: u32,
+    begin: u32,
+    len: u32,
+    buf: &mut Vec<u8>,
+    mut read_span: impl FnMut(&FileSpan, &mut [u8]) -> Result<(), StorageError>,
+) -> Result<usize, StorageError> {
+    check_block(layout, index, begin, len)?;
+    buf.clear();
+    buf.resize(len as usize, 0);
+    for span in layout.block_spans(index, begin, len) {
+        let out = &mut buf[(span.piece_offset - begin) as usize..][..span.len as usize];
+        if span.pad {
+            out.fill(0);
+            continue;
+        }
+        read_span(&span, out)?;
+    }
+    Ok(len as usize)
 }
 
 /// One torrent's storage, as the engine calls it from a shard. The sync
