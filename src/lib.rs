@@ -16,7 +16,7 @@
 //!   [`storage`], [`net`], [`shard`], [`session`].
 //! * **Edge**: [`cli`] turns arguments into [`config::Config`] and runs a command.
 //!
-//! Every `tokio_uring` import lives under `src/shard`, `src/net` or `src/storage`.
+//! Every tokio-uring import lives under `src/shard`, `src/net` or `src/storage`.
 
 pub mod bencode;
 pub mod bitfield;

@@ -930,10 +930,9 @@ mod serve_tests {
     const PIECE_LEN: u32 = 32 * 1024;
     const PIECES: u32 = 4;
 
-    /// A core that has piece 0 only, with one fast-extension peer connected.
-    fn partial_seed() -> (TorrentCore, ConnId, Instant) {
-        let now = Instant::now();
-        let params = TorrentParams {
+    /// A torrent of [`PIECES`] pieces of [`PIECE_LEN`] (hashes are not checked).
+    fn test_params() -> TorrentParams {
+        TorrentParams {
             info_hash: InfoHash([3; 20]),
             piece_length: PIECE_LEN,
             total_length: u64::from(PIECE_LEN * PIECES),
@@ -941,7 +940,13 @@ mod serve_tests {
             our_peer_id: PeerId([1; 20]),
             listen_port: None,
             metadata_size: None,
-        };
+        }
+    }
+
+    /// A core that has piece 0 only, with one fast-extension peer connected.
+    fn partial_seed() -> (TorrentCore, ConnId, Instant) {
+        let now = Instant::now();
+        let params = test_params();
         let mut have = Bitfield::new(PIECES);
         have.set(0);
         let mut core =
@@ -992,15 +997,7 @@ mod serve_tests {
     #[test]
     fn seeding_rotates_upload_slots_among_interested_peers() {
         let t0 = Instant::now();
-        let params = TorrentParams {
-            info_hash: InfoHash([3; 20]),
-            piece_length: PIECE_LEN,
-            total_length: u64::from(PIECE_LEN * PIECES),
-            piece_hashes: vec![[0; 20]; PIECES as usize],
-            our_peer_id: PeerId([1; 20]),
-            listen_port: None,
-            metadata_size: None,
-        };
+        let params = test_params();
         let full = Bitfield::full(PIECES);
         let config = TorrentConfig { upload_slots: 2, ..TorrentConfig::default() };
         let mut core = TorrentCore::new(params, config, full.clone(), &full).unwrap();
