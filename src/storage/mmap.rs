@@ -10,7 +10,7 @@
 //! Remaining hazard, documented rather than handled: another process
 //! truncating a mapped file makes accesses past its new end raise SIGBUS.
 
-use super::{check_piece, read_block_with, OpenFile, StorageError};
+use super::{read_block_with, write_piece_with, OpenFile, StorageError};
 use crate::layout::Layout;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -56,13 +56,8 @@ impl MmapStore {
     }
 
     pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
-        check_piece(&self.layout, index, data.len())?;
-        for span in self.layout.piece_spans(index) {
-            if span.pad {
-                continue;
-            }
+        write_piece_with(&self.layout, index, data, |span, src| {
             let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
-            let src = &data[span.piece_offset as usize..][..span.len as usize];
             assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
             // SAFETY: the range [file_offset, file_offset + len) lies inside
             // the mapping (asserted above; the layout guarantees it), the
@@ -78,8 +73,8 @@ impl MmapStore {
                     src.len(),
                 );
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn read_block(

@@ -287,6 +287,25 @@ pub(crate) fn check_block(
     Ok(())
 }
 
+/// Writes the whole piece `index` from `data`, skipping pad spans, every
+/// file span through `write_span(span, bytes)`. The sync backends share this
+/// walk and differ only in how one span is stored.
+pub(crate) fn write_piece_with(
+    layout: &Layout,
+    index: u32,
+    data: &[u8],
+    mut write_span: impl FnMut(&FileSpan, &[u8]) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    check_piece(layout, index, data.len())?;
+    for span in layout.piece_spans(index) {
+        if span.pad {
+            continue;
+        }
+        write_span(&span, &data[span.piece_offset as usize..][..span.len as usize])?;
+    }
+    Ok(())
+}
+
 /// Fills `buf` with `len` bytes at `begin` of piece `index`: pad spans as
 /// zeros, every file span through `read_span(span, out)`. The sync backends
 /// share this walk and differ only in how one span is copied.
