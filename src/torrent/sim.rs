@@ -102,6 +102,17 @@ impl Swarm {
         }
     }
 
+    /// Node `n` claims every piece but serves garbage.
+    fn make_corrupt_seed(&mut self, n: usize) {
+        let count = self.nodes[n].core.have().len();
+        let params = self.nodes[n].core.params.clone();
+        let full = Bitfield::full(count);
+        self.nodes[n].core =
+            TorrentCore::new(params, TorrentConfig::default(), full.clone(), &full).unwrap();
+        self.nodes[n].corrupt = true;
+        self.nodes[n].completed_at = Some(self.now);
+    }
+
     fn addr(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i as u8 + 1], 6000 + i as u16))
     }
@@ -349,18 +360,7 @@ fn swarm_of_four_leechers_completes_with_stalls_and_trading() {
 fn corrupt_peer_is_banned_and_download_completes_from_honest_seeder() {
     for seed in seeds() {
         let mut swarm = Swarm::new(seed, 600_000, 32 * 1024, 2);
-        // Node 2 claims every piece but serves garbage.
-        let count = swarm.nodes[2].core.have().len();
-        let params = swarm.nodes[2].core.params.clone();
-        swarm.nodes[2].core = TorrentCore::new(
-            params,
-            TorrentConfig::default(),
-            Bitfield::full(count),
-            &Bitfield::full(count),
-        )
-        .unwrap();
-        swarm.nodes[2].corrupt = true;
-        swarm.nodes[2].completed_at = Some(swarm.now);
+        swarm.make_corrupt_seed(2);
         swarm.connect(1, 2);
         swarm.connect(1, 0);
         swarm.run(Duration::from_secs(120));
@@ -382,17 +382,7 @@ fn corrupt_peer_is_banned_and_download_completes_from_honest_seeder() {
 fn honest_peer_sharing_failed_pieces_with_a_corrupt_peer_is_never_struck() {
     for seed in seeds() {
         let mut swarm = Swarm::new(seed, 4 * 1024 * 1024, 256 * 1024, 2);
-        let count = swarm.nodes[2].core.have().len();
-        let params = swarm.nodes[2].core.params.clone();
-        swarm.nodes[2].core = TorrentCore::new(
-            params,
-            TorrentConfig::default(),
-            Bitfield::full(count),
-            &Bitfield::full(count),
-        )
-        .unwrap();
-        swarm.nodes[2].corrupt = true;
-        swarm.nodes[2].completed_at = Some(swarm.now);
+        swarm.make_corrupt_seed(2);
         swarm.connect(1, 2);
         swarm.connect(1, 0);
         swarm.run(Duration::from_secs(120));

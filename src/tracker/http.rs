@@ -232,14 +232,9 @@ pub fn parse_scrape_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracker::test_fixture as fixture;
     use crate::tracker::Event;
     use proptest::prelude::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tracker").join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
 
     fn request() -> AnnounceRequest {
         AnnounceRequest {

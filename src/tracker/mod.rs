@@ -216,6 +216,14 @@ pub(crate) fn bounded_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(cut).into_owned()
 }
 
+/// A captured tracker reply from `tests/data/tracker/` (codec tests).
+#[cfg(test)]
+pub(crate) fn test_fixture(name: &str) -> Vec<u8> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tracker").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

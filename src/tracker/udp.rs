@@ -242,14 +242,9 @@ pub fn decode_reply(datagram: &[u8], family: PeerFamily) -> Result<UdpReply, Udp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracker::test_fixture as fixture;
     use crate::tracker::Event;
     use proptest::prelude::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tracker").join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
 
     fn request() -> AnnounceRequest {
         AnnounceRequest {
