@@ -271,6 +271,15 @@ impl TorrentTask {
         self.status.stopped.store(true, Ordering::Release);
     }
 
+    /// Flushes storage and returns the pieces verified before the flush: every
+    /// one of them is durable once this returns `Ok`, so resume state may
+    /// claim them.
+    pub async fn checkpoint(&self) -> Result<Bitfield, String> {
+        let have = self.core.borrow().have().clone();
+        self.store.flush().await.map_err(|e| e.to_string())?;
+        Ok(have)
+    }
+
     fn publish_status(&self) {
         let core = self.core.borrow();
         let have = core.have();
