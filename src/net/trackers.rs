@@ -304,11 +304,8 @@ type CounterMap = Arc<Mutex<HashMap<String, TrackerCounters>>>;
 
 fn count_announce(counters: &CounterMap, url: &str, result: &Result<AnnounceReply, AnnounceError>) {
     let mut map = counters.lock().unwrap_or_else(|p| p.into_inner());
-    let key = if map.len() >= TRACKER_COUNTERS_MAX && !map.contains_key(url) {
-        "other"
-    } else {
-        url
-    };
+    let key =
+        if map.len() >= TRACKER_COUNTERS_MAX && !map.contains_key(url) { "other" } else { url };
     let entry = map.entry(key.to_string()).or_default();
     match result {
         Ok(reply) => {
@@ -640,9 +637,10 @@ async fn run_torrent(
                 let task_context = context.clone();
                 let timeout_ms = context.config.announce_timeout_ms;
                 let url = job.url.clone();
-                let join = tokio::spawn(async move {
-                    task_context.announce(&url, &request, timeout_ms).await
-                });
+                let join =
+                    tokio::spawn(
+                        async move { task_context.announce(&url, &request, timeout_ms).await },
+                    );
                 in_flight = Some((job.id, join));
             }
         }
