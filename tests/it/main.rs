@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod daemon;
 mod download;
 mod foundation;
 mod hostile_peer;

@@ -1,0 +1,405 @@
+//! `ringbit daemon` (issue 6, the seed box): 1,000 small torrents across 2
+//! shards announce to a real opentracker, a real libtorrent leecher downloads
+//! one of them, the API lists all 1,000, SIGTERM stops cleanly (trackers hear
+//! `stopped`), and a restart loads them all from resume state without
+//! hashing a piece. Beside it: the control API (add by path and by upload,
+//! pause, resume, remove), the watch directory, `/metrics`, config errors.
+//!
+//! Every daemon runs on fresh ports with its log in a file quoted on
+//! failure; every wait is bounded.
+
+use crate::helpers::{self, ChildGuard, Opentracker};
+use crate::peers::{self, Leecher, PeerKind};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Torrents in the seed-box test.
+const TORRENTS: usize = 1000;
+/// Payload bytes per torrent: two 16 KiB pieces, the second short.
+const TORRENT_BYTES: usize = 20_000;
+/// Daemon start-up, including checking every torrent the first time.
+const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+/// The leecher's download of one small torrent.
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(60);
+/// SIGTERM to exit (trackers hear `stopped`, bounded at 5 s + margin).
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+/// One API request.
+const HTTP_LIMIT: Duration = Duration::from_secs(20);
+/// Largest API reply read (the list of 1,000 torrents is ~700 KB).
+const HTTP_REPLY_MAX: u64 = 64 << 20;
+
+/// The bencoded single-file torrent of `data` (16 KiB pieces).
+fn small_torrent(name: &str, data: &[u8], announce: &str) -> Vec<u8> {
+    let mut pieces = Vec::new();
+    for chunk in data.chunks(16384) {
+        pieces.extend_from_slice(&ringbit::hash::sha1(chunk));
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(format!("d8:announce{}:{announce}4:info", announce.len()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "d6:lengthi{}e4:name{}:{name}12:piece lengthi16384e6:pieces{}:",
+            data.len(),
+            name.len(),
+            pieces.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&pieces);
+    out.extend_from_slice(b"ee");
+    out
+}
+
+/// `count` torrents: data files in `data_dir`, .torrent files in
+/// `torrent_dir`; returns their info hashes (hex) in order.
+fn make_torrents(count: usize, data_dir: &Path, torrent_dir: &Path, announce: &str) -> Vec<String> {
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::create_dir_all(torrent_dir).unwrap();
+    (0..count)
+        .map(|i| {
+            let name = format!("item-{i:05}.bin");
+            let data = helpers::payload_bytes(TORRENT_BYTES, 1000 + i as u64);
+            std::fs::write(data_dir.join(&name), &data).unwrap();
+            let torrent = small_torrent(&name, &data, announce);
+            std::fs::write(torrent_dir.join(format!("item-{i:05}.torrent")), &torrent).unwrap();
+            ringbit::metainfo::Metainfo::from_bytes(&torrent).unwrap().info_hash.to_hex()
+        })
+        .collect()
+}
+
+/// A running `ringbit daemon`.
+struct Daemon {
+    guard: ChildGuard,
+    log: PathBuf,
+    api: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config` and waits until its API answers.
+    fn start(config: &Path, state_dir: &Path, log: &Path) -> Daemon {
+        let _ = std::fs::remove_file(state_dir.join("api.addr"));
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut cmd = helpers::ringbit();
+        cmd.arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .arg("-v")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        let mut guard = ChildGuard::spawn("ringbit daemon", &mut cmd);
+        let addr_file = state_dir.join("api.addr");
+        let up = helpers::wait_until(STARTUP_LIMIT, || {
+            guard.child.try_wait().unwrap().is_some()
+                || std::fs::read_to_string(&addr_file).is_ok_and(|s| s.ends_with('\n'))
+        });
+        let log = log.to_path_buf();
+        assert!(
+            up && guard.child.try_wait().unwrap().is_none(),
+            "daemon did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let api = std::fs::read_to_string(&addr_file).unwrap().trim().parse().unwrap();
+        Daemon { guard, log, api }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http(self.api, method, path, content_type, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.request("GET", path, "", b"");
+        assert_eq!(code, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.get_json("/api/v1/status")
+    }
+
+    /// Waits until start-up is done and `seeding` torrents are seeding.
+    fn wait_seeding(&self, seeding: usize) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let ok = helpers::wait_until(STARTUP_LIMIT, || {
+            last = self.status();
+            last["startup"]["done"] == true && last["by_state"]["seeding"] == seeding
+        });
+        assert!(ok, "not {seeding} seeding: {last}\n{}", self.log());
+        last
+    }
+
+    /// SIGTERM, then a clean exit 0 within STOP_LIMIT.
+    fn stop(mut self) -> String {
+        self.guard.signal(libc::SIGTERM);
+        let status = self.guard.wait_timeout(STOP_LIMIT);
+        let log = self.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "daemon did not stop cleanly ({status:?}):\n{log}"
+        );
+        assert!(log.contains("daemon stopped"), "{log}");
+        log
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect_timeout(&addr, HTTP_LIMIT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(HTTP_LIMIT)).unwrap();
+    s.set_write_timeout(Some(HTTP_LIMIT)).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !content_type.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    s.take(HTTP_REPLY_MAX).read_to_end(&mut reply).map_err(|e| e.to_string())?;
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&reply[..end]).to_string();
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
+    let mut body = reply[end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((code, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size_text.trim(), 16).map_err(|e| e.to_string())?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(data.get(..size).ok_or("short chunk")?);
+        data = data.get(size + 2..).ok_or("short chunk")?;
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\ndownload_dir = \"data\"\nwatch_dir = \"watch\"\n\
+             watch_interval_secs = 1\nlisten_port = {}\nbind = [\"127.0.0.1\"]\n\
+             api_listen = \"127.0.0.1:0\"\nshards = 2\n{extra}",
+            helpers::free_port()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_thousand_torrents_announce_serve_stop_and_restart_without_rehash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let watch = dir.path().join("watch");
+    // The tracker needs the info hashes first (whitelist): make the
+    // torrents with a placeholder port, then rewrite them with the real one.
+    let scratch = tempfile::tempdir().unwrap();
+    let hashes = make_torrents(TORRENTS, &data, scratch.path(), "http://127.0.0.1:1/announce");
+    let tracker = Opentracker::start(&hashes);
+    let announce = tracker.http_announce();
+    let again = make_torrents(TORRENTS, &data, &watch, &announce);
+    assert_eq!(hashes, again, "the announce URL is outside the info dictionary");
+    let config = write_config(dir.path(), "trackers = true\n");
+    let state = dir.path().join("state");
+
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon-1.log"));
+    let status = daemon.wait_seeding(TORRENTS);
+    assert_eq!(status["torrents"], TORRENTS);
+    assert_eq!(status["shards"], 2);
+
+    // The API lists all 1,000, on both shards, each fully verified.
+    let list = daemon.get_json("/api/v1/torrents");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), TORRENTS);
+    let mut listed: Vec<&str> = list.iter().map(|t| t["info_hash"].as_str().unwrap()).collect();
+    listed.sort();
+    let mut expected: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(list.iter().all(|t| t["state"] == "seeding" && t["progress"] == 1.0));
+    for shard in 0..2 {
+        let n = list.iter().filter(|t| t["shard"] == shard).count();
+        assert!(n > 300, "shard {shard} holds only {n} of {TORRENTS} torrents");
+    }
+
+    // Every torrent announced: opentracker lists a seeder for each.
+    let announced = helpers::wait_until(Duration::from_secs(60), || {
+        hashes.iter().all(|h| peers::scrape(&tracker, h).is_ok_and(|(seeders, _)| seeders >= 1))
+    });
+    let missing: Vec<_> = hashes
+        .iter()
+        .filter(|h| !peers::scrape(&tracker, h).is_ok_and(|(s, _)| s >= 1))
+        .take(5)
+        .collect();
+    assert!(announced, "not announced, e.g. {missing:?}\n{}", daemon.log());
+    let metrics = String::from_utf8(daemon.request("GET", "/metrics", "", b"").1).unwrap();
+    let ok = metric(&metrics, "ringbit_tracker_announces_total", "result=\"ok\"").unwrap();
+    assert!(ok >= TORRENTS as f64, "announces ok: {ok}");
+    assert_eq!(metric(&metrics, "ringbit_torrents", "state=\"seeding\""), Some(TORRENTS as f64));
+
+    // A real leecher finds the daemon through the tracker and downloads one.
+    let pick = 617;
+    let torrent = watch.join(format!("item-{pick:05}.torrent"));
+    let out = dir.path().join("leech");
+    let mut leecher = Leecher::start(PeerKind::Libtorrent, &torrent, &out, &[], None);
+    leecher.wait_complete(DOWNLOAD_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    let name = format!("item-{pick:05}.bin");
+    assert_eq!(std::fs::read(out.join(&name)).unwrap(), std::fs::read(data.join(&name)).unwrap());
+    // Counters are published once a second.
+    let mut view = serde_json::Value::Null;
+    let counted = helpers::wait_until(Duration::from_secs(10), || {
+        view = daemon.get_json(&format!("/api/v1/torrents/{}", hashes[pick]));
+        view["uploaded"].as_u64().unwrap() >= TORRENT_BYTES as u64
+    });
+    assert!(counted, "{view}");
+    assert_eq!(view["trackers"][0]["status"], "ok", "{view}");
+    drop(leecher);
+
+    // SIGTERM: clean exit, trackers told `stopped`.
+    daemon.stop();
+    let (seeders, _) = peers::scrape(&tracker, &hashes[0]).unwrap();
+    assert_eq!(seeders, 0, "opentracker still lists the daemon as a seeder after `stopped`");
+
+    // Restart: every torrent from resume state, not a piece hashed.
+    let resumes = std::fs::read_dir(&state)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "resume"))
+        .count();
+    assert_eq!(resumes, TORRENTS);
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon-2.log"));
+    let status = daemon.wait_seeding(TORRENTS);
+    assert_eq!(status["startup"]["expected"], TORRENTS);
+    assert_eq!(status["startup"]["rechecked_pieces"], 0, "{status}");
+    assert!(status["startup"]["errors"].as_array().unwrap().is_empty(), "{status}");
+    let list = daemon.get_json("/api/v1/torrents");
+    assert!(list.as_array().unwrap().iter().all(|t| t["rechecked_pieces"] == 0));
+    daemon.stop();
+}
+
+#[test]
+fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let staging = dir.path().join("staging");
+    let hashes = make_torrents(4, &data, &staging, "http://127.0.0.1:1/announce");
+    std::fs::create_dir_all(dir.path().join("watch")).unwrap();
+    let config = write_config(dir.path(), "trackers = false\n");
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
+    daemon.wait_seeding(0);
+
+    // Add by path (JSON) and by upload (raw bytes).
+    let path_body = format!("{{\"path\": \"{}\"}}", staging.join("item-00000.torrent").display());
+    let (code, body) =
+        daemon.request("POST", "/api/v1/torrents", "application/json", path_body.as_bytes());
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let upload = std::fs::read(staging.join("item-00001.torrent")).unwrap();
+    let (code, body) =
+        daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", &upload);
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reply["info_hash"], hashes[1].as_str());
+    // Twice: a conflict. Garbage: a bad request naming the problem.
+    let (code, _) = daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", &upload);
+    assert_eq!(code, 409);
+    let (code, body) =
+        daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", b"d4:infoi1ee");
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not a valid .torrent"));
+    let (code, _) =
+        daemon.request("GET", &format!("/api/v1/torrents/{}", "ab".repeat(20)), "", b"");
+    assert_eq!(code, 404);
+    daemon.wait_seeding(2);
+
+    // Pause, resume.
+    let one = format!("/api/v1/torrents/{}", hashes[0]);
+    assert_eq!(daemon.request("POST", &format!("{one}/pause"), "", b"").0, 200);
+    assert_eq!(daemon.get_json(&one)["state"], "paused");
+    assert_eq!(daemon.status()["by_state"]["paused"], 1);
+    assert_eq!(daemon.request("POST", &format!("{one}/resume"), "", b"").0, 200);
+    daemon.wait_seeding(2);
+
+    // The watch directory: a new file is added, a removed one stopped.
+    let watched = dir.path().join("watch").join("item-00002.torrent");
+    std::fs::copy(staging.join("item-00002.torrent"), &watched).unwrap();
+    daemon.wait_seeding(3);
+    std::fs::remove_file(&watched).unwrap();
+    let gone = helpers::wait_until(Duration::from_secs(20), || daemon.status()["torrents"] == 2);
+    assert!(gone, "{}", daemon.log());
+
+    // Remove through the API; the data stays.
+    assert_eq!(daemon.request("DELETE", &one, "", b"").0, 200);
+    assert_eq!(daemon.request("GET", &one, "", b"").0, 404);
+    assert!(data.join("item-00000.bin").exists());
+    let metrics = String::from_utf8(daemon.request("GET", "/metrics", "", b"").1).unwrap();
+    assert_eq!(metric(&metrics, "ringbit_torrents", "state=\"seeding\""), Some(1.0));
+    assert!(metrics.contains(&format!("info_hash=\"{}\"", hashes[1])), "{metrics}");
+    assert!(metrics.contains("ringbit_shard_torrents{shard=\"0\"}"));
+    daemon.stop();
+
+    // What was removed stays removed; what is left comes back.
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon-2.log"));
+    let status = daemon.wait_seeding(1);
+    assert_eq!(status["torrents"], 1);
+    assert_eq!(status["startup"]["rechecked_pieces"], 0);
+    daemon.stop();
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"s\"\ndownload_dir = \"d\"\n[limits]\nupload_slots = 0\n",
+    )
+    .unwrap();
+    let out = helpers::run_bounded(
+        helpers::ringbit().arg("daemon").arg("--config").arg(&config),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.upload_slots"), "{stderr}");
+    let out = helpers::run_bounded(
+        helpers::ringbit().args(["daemon", "--example-config"]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success());
+    // The example parses.
+    std::fs::write(&config, &out.stdout).unwrap();
+    assert!(ringbit::daemon::config::DaemonConfig::load(&config).is_ok());
+}
