@@ -20,8 +20,9 @@
 //! peers, all interested and not snubbed, no peer twice; regular and
 //! optimistic sets are disjoint.
 //!
-//! [`TokenBucket`] is the rate limiter the drivers put in front of sockets, one
-//! per torrent and one per process, each direction.
+//! [`TokenBucket`] is a torrent's own rate limiter: the torrent core keeps one
+//! per direction. The process-wide limit, shared by every shard, is
+//! [`SharedTokenBucket`](crate::rate_limit::SharedTokenBucket).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -10,7 +10,8 @@
 //!
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
-//!   [`layout`], [`wire`], [`peer`], [`picker`], [`tracker`], [`resume`].
+//!   [`layout`], [`wire`], [`peer`], [`picker`], [`choker`], [`torrent`],
+//!   [`rate_limit`], [`tracker`], [`resume`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -34,6 +35,7 @@ pub mod metainfo;
 pub mod net;
 pub mod peer;
 pub mod picker;
+pub mod rate_limit;
 pub mod resume;
 pub mod session;
 pub mod shard;

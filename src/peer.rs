@@ -18,6 +18,9 @@
 //!   `peer_requests.len() <= config.max_peer_requests`;
 //! * every request in `outstanding` was for a piece the peer had, sent while
 //!   it unchoked us or allowed the piece fast;
+//! * while we choke the peer, every request in `peer_requests` is for a piece
+//!   of our allowed-fast set (`our_allowed_fast`, BEP 6): a choke rejects the
+//!   others, and new ones are rejected on arrival;
 //! * a `Block` event is produced only for a block in `outstanding`, and removes
 //!   it: the torrent never sees data it did not ask for (those bytes are
 //!   counted in [`PeerStats::unrequested_bytes`]);
@@ -44,7 +47,8 @@ use std::time::{Duration, Instant};
 /// the driver must drain them (back-pressure instead of unbounded buffering).
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
-/// Most allowed-fast pieces (BEP 6) we remember per peer; libtorrent sends 10.
+/// Most allowed-fast pieces (BEP 6) we remember per peer, in each direction;
+/// libtorrent sends 10.
 pub const MAX_ALLOWED_FAST: usize = 32;
 
 /// The peer's request queue depth when it does not say (BEP 10: libtorrent's
@@ -309,6 +313,8 @@ pub struct Peer {
     /// We sent our bitfield (so `have`s may follow).
     bitfield_sent: bool,
     allowed_fast: Vec<u32>,
+    /// Pieces we told the peer it may request while we choke it.
+    our_allowed_fast: Vec<u32>,
     peer_extension: Option<ExtensionHandshake>,
     /// Our requests to the peer, oldest first.
     outstanding: VecDeque<Outstanding>,
@@ -351,6 +357,7 @@ impl Peer {
             bitfield_allowed: true,
             bitfield_sent: false,
             allowed_fast: Vec::new(),
+            our_allowed_fast: Vec::new(),
             peer_extension: None,
             outstanding: VecDeque::new(),
             peer_requests: VecDeque::new(),
@@ -644,7 +651,7 @@ impl Peer {
         if !self.in_piece(&request) {
             return Err(Violation::RequestOutOfRange(request));
         }
-        if self.am_choking {
+        if self.am_choking && !self.our_allowed_fast.contains(&request.piece) {
             if self.fast {
                 self.send(Message::Reject(request), now);
             } else {
@@ -787,18 +794,39 @@ impl Peer {
     }
 
     /// Chokes the peer: its queued requests are dropped (with a `reject`
-    /// each under the fast extension).
+    /// each under the fast extension), except those for pieces of our
+    /// allowed-fast set, which BEP 6 says to keep serving.
     pub fn choke(&mut self, now: Instant) {
         if self.phase != Phase::Active || self.am_choking {
             return;
         }
         self.am_choking = true;
         self.send(Message::Choke, now);
-        while let Some(r) = self.peer_requests.pop_front() {
-            if self.fast {
+        let mut queued = std::mem::take(&mut self.peer_requests);
+        for r in queued.drain(..) {
+            if self.our_allowed_fast.contains(&r.piece) {
+                self.peer_requests.push_back(r);
+            } else if self.fast {
                 self.send(Message::Reject(r), now);
             }
         }
+    }
+
+    /// Lets the peer request `piece` while we choke it (BEP 6 `allowed fast`;
+    /// the torrent sends its canonical set, pieces we have). Ignored without
+    /// the fast extension, before the handshake, for a piece out of range or
+    /// already allowed, and past [`MAX_ALLOWED_FAST`].
+    pub fn allow_fast(&mut self, piece: u32, now: Instant) {
+        if !self.fast
+            || self.phase != Phase::Active
+            || piece >= self.setup.piece_count
+            || self.our_allowed_fast.contains(&piece)
+            || self.our_allowed_fast.len() >= MAX_ALLOWED_FAST
+        {
+            return;
+        }
+        self.our_allowed_fast.push(piece);
+        self.send(Message::AllowedFast { piece }, now);
     }
 
     /// Unchokes the peer: it may request blocks.
@@ -859,12 +887,25 @@ impl Peer {
 
     /// The peer's oldest queued request, taken off the queue. The torrent
     /// checks that we have the piece, reads the block, and sends it with
-    /// [`Peer::upload_header`]. Nothing while we choke the peer.
+    /// [`Peer::upload_header`]. While we choke the peer, only requests for
+    /// our allowed-fast pieces (the only ones queued then).
     pub fn next_upload(&mut self) -> Option<BlockRequest> {
-        if self.am_choking {
-            return None;
-        }
-        self.peer_requests.pop_front()
+        let next = self.peek_upload()?;
+        self.peer_requests.pop_front();
+        Some(next)
+    }
+
+    /// What [`Peer::next_upload`] would return, left on the queue (the
+    /// torrent looks before it has the upload budget to serve it).
+    pub fn peek_upload(&self) -> Option<BlockRequest> {
+        let next = *self.peer_requests.front()?;
+        self.may_upload(next.piece).then_some(next)
+    }
+
+    /// Whether a block of `piece` may be sent now: the peer is unchoked, or
+    /// the piece is in our allowed-fast set.
+    pub fn may_upload(&self, piece: u32) -> bool {
+        !self.am_choking || self.our_allowed_fast.contains(&piece)
     }
 
     /// Tells the peer we will not serve `request` (after [`Peer::next_upload`]
@@ -933,6 +974,10 @@ impl Peer {
     /// Pieces the peer lets us request while it chokes us.
     pub fn allowed_fast(&self) -> &[u32] {
         &self.allowed_fast
+    }
+    /// Pieces we let the peer request while we choke it.
+    pub fn our_allowed_fast(&self) -> &[u32] {
+        &self.our_allowed_fast
     }
     pub fn extension_handshake(&self) -> Option<&ExtensionHandshake> {
         self.peer_extension.as_ref()
@@ -1500,6 +1545,45 @@ mod tests {
         events(&mut peer);
         outgoing(&mut peer);
         peer
+    }
+
+    /// Goal: BEP 6 on the serving side: requests for pieces of our
+    /// allowed-fast set are queued and served while the peer is choked, and
+    /// survive a choke; every other request is rejected.
+    #[test]
+    fn allowed_fast_pieces_are_served_while_choked() {
+        let now = Instant::now();
+        let req = |piece| BlockRequest { piece, begin: 0, length: BLOCK_LEN };
+        let mut peer = serving(Reserved::OURS, PeerConfig::default());
+        peer.allow_fast(3, now);
+        peer.allow_fast(3, now); // once only
+        peer.allow_fast(PIECES, now); // out of range: ignored
+        assert_eq!(decode_all(&outgoing(&mut peer)), [Message::AllowedFast { piece: 3 }]);
+        assert_eq!(peer.our_allowed_fast(), [3]);
+        assert!(peer.am_choking() && peer.may_upload(3) && !peer.may_upload(4));
+        peer.handle_bytes(&encode(&[Message::Request(req(4)), Message::Request(req(3))]), now)
+            .unwrap();
+        assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Reject(req(4))]);
+        assert_eq!(peer.peek_upload(), Some(req(3)));
+        assert_eq!(peer.next_upload(), Some(req(3)));
+        assert_eq!(peer.next_upload(), None);
+
+        // Unchoked: both queue; a choke then rejects only the other piece.
+        peer.unchoke(now);
+        peer.handle_bytes(&encode(&[Message::Request(req(4)), Message::Request(req(3))]), now)
+            .unwrap();
+        outgoing(&mut peer);
+        peer.choke(now);
+        assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Choke, Message::Reject(req(4))]);
+        assert_eq!(peer.queued_peer_requests(), 1);
+        assert_eq!(peer.next_upload(), Some(req(3)));
+
+        // Without the fast extension nothing is allowed fast.
+        let mut plain_peer = serving(plain(), PeerConfig::default());
+        plain_peer.allow_fast(3, now);
+        assert!(outgoing(&mut plain_peer).is_empty());
+        plain_peer.handle_bytes(&encode(&[Message::Request(req(3))]), now).unwrap();
+        assert_eq!(plain_peer.next_upload(), None);
     }
 
     #[test]

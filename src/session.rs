@@ -15,6 +15,7 @@ use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
 use crate::shard::{ShardCommand, ShardError, ShardInit, ShardSet};
@@ -23,7 +24,7 @@ use crate::wire::PeerId;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Peer batches queued from the trackers to one shard at most.
@@ -45,6 +46,8 @@ pub enum SessionError {
     HashPool(std::io::Error),
     #[error("torrent {0} is already in the session")]
     Duplicate(InfoHash),
+    #[error("torrent {0} is not in the session")]
+    NotFound(InfoHash),
     #[error("torrent {info_hash}: {reason}")]
     Torrent { info_hash: InfoHash, reason: String },
 }
@@ -80,6 +83,7 @@ pub struct Session {
     trackers: Option<TrackerHandle>,
     peer_id: PeerId,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
+    rate_limits: Arc<ProcessRateLimits>,
     _hash_pool: Arc<HashPool>,
 }
 
@@ -110,6 +114,11 @@ impl Session {
             receivers.extend((0..shard_count).map(|_| None));
             None
         };
+        let rate_limits = Arc::new(ProcessRateLimits::new(
+            config.upload_rate_limit_bytes_per_s,
+            config.download_rate_limit_bytes_per_s,
+            Instant::now(),
+        ));
         let inits = receivers
             .into_iter()
             .map(|peers| ShardInit {
@@ -117,6 +126,7 @@ impl Session {
                 hash_pool: hash_pool.clone(),
                 trackers: trackers.clone(),
                 peers,
+                rate_limits: rate_limits.clone(),
             })
             .collect();
         let shards = ShardSet::start(inits, config.pin_shards)?;
@@ -140,6 +150,7 @@ impl Session {
             trackers,
             peer_id,
             torrents: Mutex::new(HashMap::new()),
+            rate_limits,
             _hash_pool: hash_pool,
         })
     }
@@ -268,6 +279,41 @@ impl Session {
             let _ = done.blocking_recv();
         }
         Some(status)
+    }
+
+    /// Changes the process-wide limits (bytes per second of block data, 0 =
+    /// unlimited); every shard sees the change at its next block.
+    pub fn set_rate_limits(&self, upload_bytes_per_s: u64, download_bytes_per_s: u64) {
+        self.rate_limits.set(upload_bytes_per_s, download_bytes_per_s);
+    }
+
+    /// The process-wide limits (upload, download), bytes per second.
+    pub fn rate_limits(&self) -> (u64, u64) {
+        (self.rate_limits.upload.rate_bytes_per_s(), self.rate_limits.download.rate_bytes_per_s())
+    }
+
+    /// Changes one torrent's own limits (bytes per second, 0 = unlimited); the
+    /// process-wide limits still apply on top.
+    pub fn set_torrent_rate_limits(
+        &self,
+        info_hash: InfoHash,
+        upload_bytes_per_s: u64,
+        download_bytes_per_s: u64,
+    ) -> Result<(), SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        let command = ShardCommand::SetRateLimits {
+            info_hash,
+            upload_bytes_per_s,
+            download_bytes_per_s,
+            reply,
+        };
+        self.shards.send_blocking(shard, command)?;
+        match answer.blocking_recv() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SessionError::NotFound(info_hash)),
+            Err(_) => Err(ShardError::Stopped { index: shard }.into()),
+        }
     }
 
     /// Status of every torrent.

@@ -3,6 +3,7 @@
 //!
 //! Layer: edge.
 
+use super::units::parse_size;
 use crate::config::Config;
 use crate::session::SessionOptions;
 use crate::storage::{Backend, StoreOptions};
@@ -45,10 +46,27 @@ pub struct EngineArgs {
     /// Upload slots (peers unchoked at once) per torrent.
     #[arg(long, default_value_t = Config::default().upload_slots)]
     pub upload_slots: usize,
+
+    /// Upload limit for the whole process, in bytes per second (`512K`, `10M`;
+    /// 0 = unlimited). Counts block data; all torrents share it.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
+    pub upload_limit: u64,
+
+    /// Download limit for the whole process, in bytes per second (`512K`,
+    /// `10M`; 0 = unlimited). Counts block data; all torrents share it.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
+    pub download_limit: u64,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
+}
+
+/// A rate in bytes per second, written as a size: `2M` is 2 MiB/s.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| {
+        format!("bad rate {s:?}: expected bytes per second such as 512K, 10M or 0 (unlimited)")
+    })
 }
 
 impl EngineArgs {
@@ -61,6 +79,8 @@ impl EngineArgs {
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
         config.upload_slots = self.upload_slots;
+        config.upload_rate_limit_bytes_per_s = self.upload_limit;
+        config.download_rate_limit_bytes_per_s = self.download_limit;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
@@ -94,4 +114,29 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
             .context("cannot install the signal handler")?;
     }
     Ok(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    #[test]
+    fn rate_limits_parse_as_sizes_per_second() {
+        let cli =
+            Cli::try_parse_from(["x", "--upload-limit", "2M", "--download-limit", "512K"]).unwrap();
+        let config = cli.engine.session_options().unwrap().config;
+        assert_eq!(config.upload_rate_limit_bytes_per_s, 2 << 20);
+        assert_eq!(config.download_rate_limit_bytes_per_s, 512 << 10);
+        let unlimited = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap();
+        assert_eq!(unlimited.config.upload_rate_limit_bytes_per_s, 0);
+        assert_eq!(unlimited.config.download_rate_limit_bytes_per_s, 0);
+        assert!(Cli::try_parse_from(["x", "--upload-limit", "fast"]).is_err());
+    }
 }

@@ -15,6 +15,13 @@
 //! the token before touching the core: a late reader can never act on a newer
 //! connection that got the same id.
 //!
+//! Rate limits: every core shares the process-wide buckets in
+//! [`ShardContext::rate_limits`] (lock-free, see [`crate::rate_limit`]) and
+//! has its own. When a core holds work back for lack of tokens it names a
+//! wake-up time ([`TorrentCore::rate_limit_wakeup`]); after every call into
+//! the core the driver arms the ticker's timer for it, and the ticker runs
+//! [`TorrentCore::rate_limit_tick`] when it fires. Nothing polls.
+//!
 //! Invariants:
 //! * a connection is in `conns` exactly while the core knows it;
 //! * at most [`MAX_HALF_OPEN`] outgoing connects per torrent are in flight;
@@ -28,6 +35,7 @@ use crate::hash::{HashPool, SubmitError};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
+use crate::rate_limit::ProcessRateLimits;
 use crate::storage::{PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
 use crate::wire::{Handshake, PeerId};
@@ -141,6 +149,8 @@ pub struct ShardContext {
     pub max_connections: usize,
     pub write_buffers: BufPool,
     pub block_buffers: BufPool,
+    /// The process-wide rate limits, shared by every shard.
+    pub rate_limits: Arc<ProcessRateLimits>,
 }
 
 impl ShardContext {
@@ -150,6 +160,7 @@ impl ShardContext {
         config: Arc<Config>,
         hash_pool: Arc<HashPool>,
         trackers: Option<TrackerHandle>,
+        rate_limits: Arc<ProcessRateLimits>,
     ) -> Rc<ShardContext> {
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
@@ -162,6 +173,7 @@ impl ShardContext {
             max_connections,
             write_buffers: BufPool::new(WRITE_BUFFER_BYTES, 64),
             block_buffers: BufPool::new(crate::wire::BLOCK_LEN as usize, 256),
+            rate_limits,
         })
     }
 }
@@ -191,6 +203,10 @@ pub struct TorrentTask {
     stop: Notify,
     stopped: Cell<bool>,
     have_published: Cell<u32>,
+    /// When the ticker's rate-limit timer is armed for (`None`: not armed).
+    rate_wake_at: Cell<Option<Instant>>,
+    /// Tells the ticker to re-arm its timer for an earlier `rate_wake_at`.
+    rate_rearm: Notify,
 }
 
 impl TorrentTask {
@@ -209,13 +225,14 @@ impl TorrentTask {
             listen_port: Some(listen_port),
             metadata_size: Some(torrent.metainfo.info_bytes.len() as u64),
         };
-        let core = TorrentCore::new(params, torrent_config, torrent.have, &torrent.wanted)
+        let mut core = TorrentCore::new(params, torrent_config, torrent.have, &torrent.wanted)
             .map_err(|e| e.to_string())?;
         // Complete from the start (a seed): trackers must not hear
         // `completed` for a download that did not happen now.
         if core.left_bytes() == 0 {
             status.completed.store(true, Ordering::Release);
         }
+        core.set_process_limits(ctx.rate_limits.clone());
         let task = Rc::new(TorrentTask {
             ctx,
             info_hash: torrent.metainfo.info_hash,
@@ -231,6 +248,8 @@ impl TorrentTask {
             stop: Notify::new(),
             stopped: Cell::new(false),
             have_published: Cell::new(u32::MAX),
+            rate_wake_at: Cell::new(None),
+            rate_rearm: Notify::new(),
         });
         task.add_peers(&torrent.peers);
         task.drain_actions();
@@ -241,6 +260,16 @@ impl TorrentTask {
 
     pub fn info_hash(&self) -> InfoHash {
         self.info_hash
+    }
+
+    /// Changes this torrent's rate limits (bytes per second, 0 = unlimited).
+    pub fn set_rate_limits(self: &Rc<Self>, upload_bytes_per_s: u64, download_bytes_per_s: u64) {
+        self.core.borrow_mut().set_rate_limits(
+            Instant::now(),
+            upload_bytes_per_s,
+            download_bytes_per_s,
+        );
+        self.drain_actions();
     }
 
     /// Remembers peers to dial (duplicates and overflow are dropped).
@@ -308,8 +337,27 @@ impl TorrentTask {
         let mut interval = tokio::time::interval(TICK_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let rate_wake_at = self.rate_wake_at.get();
+            let rate_due = async move {
+                match rate_wake_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = interval.tick() => {}
+                _ = rate_due => {
+                    // Work held back by a rate limit may go on now.
+                    self.rate_wake_at.set(None);
+                    if self.stopped.get() {
+                        break;
+                    }
+                    self.core.borrow_mut().rate_limit_tick(Instant::now());
+                    self.drain_actions();
+                    continue;
+                }
+                // An earlier wake-up was asked for: re-arm.
+                _ = self.rate_rearm.notified() => continue,
                 _ = self.stop.notified() => break,
             }
             if self.stopped.get() {
@@ -526,13 +574,19 @@ impl TorrentTask {
                 Action::ReadBlock { conn, request } => {
                     let task = self.clone();
                     let buf = self.ctx.block_buffers.take();
+                    let token = self.conns.borrow().get(&conn).map(|e| e.token);
                     tokio_uring::spawn(async move {
                         let (result, buf) = task
                             .store
                             .read_block(request.piece, request.begin, request.length, buf)
                             .await;
                         let now = Instant::now();
+                        let current = token.is_some_and(|t| task.is_current(conn, t));
                         match result {
+                            // The connection closed during the read and its
+                            // id may belong to a new one that never asked
+                            // for this block.
+                            _ if !current => task.core.borrow_mut().upload_abandoned(request),
                             Ok(_) => {
                                 task.core.borrow_mut().block_read(conn, request, Some(&buf), now)
                             }
@@ -563,6 +617,13 @@ impl TorrentTask {
         }
         for entry in self.conns.borrow().values() {
             entry.wake.notify_one();
+        }
+        // Work held back by a rate limit: make sure the ticker wakes for it.
+        if let Some(at) = self.core.borrow().rate_limit_wakeup() {
+            if self.rate_wake_at.get().is_none_or(|armed| at < armed) {
+                self.rate_wake_at.set(Some(at));
+                self.rate_rearm.notify_one();
+            }
         }
     }
 

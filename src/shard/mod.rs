@@ -21,6 +21,7 @@ use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
 use crate::net::listener::IncomingPeer;
 use crate::net::trackers::{PeerReceiver, TrackerHandle};
+use crate::rate_limit::ProcessRateLimits;
 use engine::{ShardContext, TorrentSpec, TorrentTask};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,6 +54,14 @@ pub enum ShardCommand {
     /// before the flush (so all of them are durable); `None` for an unknown
     /// torrent.
     Checkpoint(InfoHash, oneshot::Sender<Option<Result<Bitfield, String>>>),
+    /// Change a torrent's rate limits (bytes per second, 0 = unlimited); the
+    /// reply says whether the torrent runs on this shard.
+    SetRateLimits {
+        info_hash: InfoHash,
+        upload_bytes_per_s: u64,
+        download_bytes_per_s: u64,
+        reply: oneshot::Sender<bool>,
+    },
     /// An incoming connection for one of this shard's torrents.
     Incoming(IncomingPeer),
     /// Stop every torrent, then leave the runtime.
@@ -68,6 +77,9 @@ impl std::fmt::Debug for ShardCommand {
             }
             ShardCommand::RemoveTorrent(h, _) => write!(f, "RemoveTorrent({h})"),
             ShardCommand::Checkpoint(h, _) => write!(f, "Checkpoint({h})"),
+            ShardCommand::SetRateLimits { info_hash, .. } => {
+                write!(f, "SetRateLimits({info_hash})")
+            }
             ShardCommand::Incoming(p) => write!(f, "Incoming({})", p.addr),
             ShardCommand::Shutdown => f.write_str("Shutdown"),
         }
@@ -81,6 +93,8 @@ pub struct ShardInit {
     pub trackers: Option<TrackerHandle>,
     /// Peers the trackers found for this shard's torrents.
     pub peers: Option<PeerReceiver>,
+    /// The process-wide rate limits (the same `Arc` for every shard).
+    pub rate_limits: Arc<ProcessRateLimits>,
 }
 
 /// Why the shards could not start.
@@ -223,7 +237,14 @@ fn shard_thread(
     };
     let _ = ready.send((index, Ok(())));
     drop(ready);
-    let ctx = ShardContext::new(index, count, init.config, init.hash_pool, init.trackers);
+    let ctx = ShardContext::new(
+        index,
+        count,
+        init.config,
+        init.hash_pool,
+        init.trackers,
+        init.rate_limits,
+    );
     let mut peers = init.peers;
     runtime.block_on(async move {
         let info = ShardInfo { index, core: pinned };
@@ -280,6 +301,18 @@ fn shard_thread(
                         }
                     }
                 }
+                ShardCommand::SetRateLimits {
+                    info_hash,
+                    upload_bytes_per_s,
+                    download_bytes_per_s,
+                    reply,
+                } => {
+                    let task = ctx.torrents.borrow().get(&info_hash).cloned();
+                    if let Some(task) = &task {
+                        task.set_rate_limits(upload_bytes_per_s, download_bytes_per_s);
+                    }
+                    let _ = reply.send(task.is_some());
+                }
                 ShardCommand::Incoming(peer) => {
                     let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();
                     if let Some(task) = task {
@@ -322,6 +355,7 @@ mod tests {
                 hash_pool: Arc::new(HashPool::new(1).unwrap()),
                 trackers: None,
                 peers: None,
+                rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();

@@ -34,6 +34,26 @@
 //! the sender of each block; when the piece later passes, every peer whose
 //! block differed from the good one is banned (proven bad data).
 //!
+//! Rate limits: each direction has the torrent's own token bucket
+//! ([`TorrentConfig::upload_rate_limit_bytes_per_s`],
+//! [`TorrentConfig::download_rate_limit_bytes_per_s`], changed at run time with
+//! [`TorrentCore::set_rate_limits`]) and, when the driver gave one, the
+//! process-wide bucket shared with every other torrent
+//! ([`TorrentCore::set_process_limits`], see [`crate::rate_limit`]). A block
+//! is served only once both granted its length (the peer's request waits in
+//! its queue meanwhile: delayed, never dropped), and a block request is sent
+//! only once both granted its length. Work held back asks the driver for a
+//! wake-up ([`TorrentCore::rate_limit_wakeup`], then
+//! [`TorrentCore::rate_limit_tick`]); the limits count block data, not
+//! protocol overhead.
+//!
+//! Allowed fast (BEP 6): every fast-extension peer gets the canonical
+//! allowed-fast set for its address ([`crate::wire::allowed_fast_set`],
+//! [`TorrentConfig::allowed_fast_set_size`] pieces): right after our bitfield
+//! for the pieces of the set we have, later for each one we verify. Requests
+//! for those pieces are served even while the peer is choked (upload slots
+//! do not apply; rate limits do).
+//!
 //! Invariants:
 //! * a piece is in `have` only after it hashed correctly *and* was written;
 //! * a piece buffer exists only for a piece with received blocks that is not
@@ -43,18 +63,23 @@
 //! * reads for uploads in flight per connection stay below
 //!   [`MAX_UPLOAD_READS_IN_FLIGHT`], and none starts while the outgoing buffer
 //!   holds [`UPLOAD_BUFFER_HIGH_WATER`] bytes or more (back-pressure on slow
-//!   readers instead of memory growth).
+//!   readers instead of memory growth);
+//! * every block read for an upload holds its length in upload tokens until
+//!   it is sent; a block not sent (read failed, peer choked or gone) gives
+//!   them back.
 
 use crate::bitfield::Bitfield;
-use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot};
+use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot, TokenBucket};
 use crate::metainfo::InfoHash;
-use crate::peer::{Event, Peer, PeerConfig, PeerSetup, Violation};
-use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError};
-use crate::wire::{BlockRequest, Handshake, PeerId};
+use crate::peer::{Event, Peer, PeerConfig, PeerSetup, Violation, MAX_ALLOWED_FAST};
+use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError, BLOCK_SIZE};
+use crate::rate_limit::{burst_bytes, ProcessRateLimits, SharedTokenBucket, RATE_LIMIT_MIN_WAKE};
+use crate::wire::{allowed_fast_set, BlockRequest, Handshake, PeerId, ALLOWED_FAST_SET_SIZE};
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The sender of each accepted block of a piece: (offset in the piece, peer).
 type BlockSenders = Vec<(u32, SocketAddr)>;
@@ -116,6 +141,13 @@ pub struct TorrentConfig {
     pub upload_slots: usize,
     /// Seed for the picker's random tie-breaks.
     pub seed: u64,
+    /// Block data this torrent serves per second at most, 0 = unlimited.
+    pub upload_rate_limit_bytes_per_s: u64,
+    /// Block data this torrent requests per second at most, 0 = unlimited.
+    pub download_rate_limit_bytes_per_s: u64,
+    /// Pieces in the allowed-fast set each fast-extension peer gets (BEP 6;
+    /// at most [`MAX_ALLOWED_FAST`]), 0 = none.
+    pub allowed_fast_set_size: u32,
 }
 
 impl Default for TorrentConfig {
@@ -126,6 +158,9 @@ impl Default for TorrentConfig {
             max_connections: 80,
             upload_slots: 8,
             seed: 0x5eed,
+            upload_rate_limit_bytes_per_s: 0,
+            download_rate_limit_bytes_per_s: 0,
+            allowed_fast_set_size: ALLOWED_FAST_SET_SIZE,
         }
     }
 }
@@ -172,6 +207,99 @@ struct Conn {
     rejected_requests: u32,
     /// For the choker's new-peer weighting.
     connected_at: Instant,
+    /// The peer's canonical allowed-fast set (fast-extension peers only):
+    /// each piece of it is offered once we have it.
+    fast_set: Vec<u32>,
+}
+
+/// One direction's limit inside the core: the torrent's token bucket (made
+/// full at first use, when `now` is known) and when work it held back should
+/// be retried.
+#[derive(Debug)]
+struct RateGate {
+    rate_bytes_per_s: u64,
+    bucket: Option<TokenBucket>,
+    wake_at: Option<Instant>,
+}
+
+impl RateGate {
+    fn new(rate_bytes_per_s: u64) -> RateGate {
+        RateGate { rate_bytes_per_s, bucket: None, wake_at: None }
+    }
+
+    fn set_rate(&mut self, now: Instant, rate_bytes_per_s: u64) {
+        self.rate_bytes_per_s = rate_bytes_per_s;
+        match &mut self.bucket {
+            _ if rate_bytes_per_s == 0 => self.bucket = None,
+            Some(bucket) => bucket.set_rate(now, rate_bytes_per_s, burst_bytes(rate_bytes_per_s)),
+            None => {}
+        }
+    }
+
+    /// The torrent's bucket, or `None` when unlimited.
+    fn bucket(&mut self, now: Instant) -> Option<&mut TokenBucket> {
+        let rate = self.rate_bytes_per_s;
+        if rate == 0 {
+            return None;
+        }
+        Some(self.bucket.get_or_insert_with(|| TokenBucket::new(rate, burst_bytes(rate), now)))
+    }
+
+    /// Bytes both buckets would grant now (`u64::MAX`: no limit at all).
+    fn available(&mut self, now: Instant, shared: Option<&SharedTokenBucket>) -> u64 {
+        let own = self.bucket(now).map_or(u64::MAX, |b| b.available(now));
+        own.min(shared.map_or(u64::MAX, |s| s.available(now)))
+    }
+
+    /// How long until both buckets could grant `bytes`.
+    fn wait_for(
+        &mut self,
+        now: Instant,
+        shared: Option<&SharedTokenBucket>,
+        bytes: u64,
+    ) -> Duration {
+        let own = self.bucket(now).map_or(Duration::ZERO, |b| b.wait_for(now, bytes));
+        own.max(shared.map_or(Duration::ZERO, |s| s.wait_for(now, bytes)))
+    }
+
+    /// Takes `bytes` from both buckets, or from neither; when refused,
+    /// schedules a retry for when they could be granted.
+    fn try_take(&mut self, now: Instant, shared: Option<&SharedTokenBucket>, bytes: u64) -> bool {
+        if let Some(bucket) = self.bucket(now) {
+            if !bucket.try_take(now, bytes) {
+                let wait = bucket.wait_for(now, bytes);
+                self.hold(now, wait);
+                return false;
+            }
+        }
+        if let Some(shared) = shared {
+            if !shared.try_take(now, bytes) {
+                if let Some(bucket) = &mut self.bucket {
+                    bucket.give_back(bytes);
+                }
+                self.hold(now, shared.wait_for(now, bytes));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Returns tokens taken for a transfer that did not happen.
+    fn give_back(&mut self, shared: Option<&SharedTokenBucket>, bytes: u64) {
+        if let Some(bucket) = &mut self.bucket {
+            bucket.give_back(bytes);
+        }
+        if let Some(shared) = shared {
+            shared.give_back(bytes);
+        }
+    }
+
+    /// Work is held back: retry after `wait`, but not sooner than
+    /// [`RATE_LIMIT_MIN_WAKE`] (bounds the wake-ups).
+    fn hold(&mut self, now: Instant, wait: Duration) {
+        let at = now + wait.max(RATE_LIMIT_MIN_WAKE);
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// Transfer counters of the torrent.
@@ -222,6 +350,15 @@ pub struct TorrentCore {
     rechoke_soon: bool,
     scratch_snapshots: Vec<PeerSnapshot>,
     scratch_unchoke: Vec<PeerKey>,
+    upload_gate: RateGate,
+    download_gate: RateGate,
+    /// The process-wide buckets shared with every torrent (see
+    /// [`crate::rate_limit`]); `None`: only this torrent's limits apply.
+    process_limits: Option<Arc<ProcessRateLimits>>,
+    /// Where the next [`TorrentCore::rate_limit_tick`] starts among the
+    /// connections, so the first one does not always get the budget.
+    rate_cursor: usize,
+    scratch_conns: Vec<ConnId>,
 }
 
 impl TorrentCore {
@@ -245,6 +382,8 @@ impl TorrentCore {
         if params.piece_hashes.len() != piece_count as usize {
             return Err(TorrentError::PieceCount(params.piece_hashes.len(), piece_count));
         }
+        let upload_gate = RateGate::new(config.upload_rate_limit_bytes_per_s);
+        let download_gate = RateGate::new(config.download_rate_limit_bytes_per_s);
         let mut core = TorrentCore {
             params,
             config,
@@ -271,6 +410,11 @@ impl TorrentCore {
             rechoke_soon: false,
             scratch_snapshots: Vec::new(),
             scratch_unchoke: Vec::new(),
+            upload_gate,
+            download_gate,
+            process_limits: None,
+            rate_cursor: 0,
+            scratch_conns: Vec::new(),
         };
         core.check_completed();
         Ok(core)
@@ -326,6 +470,21 @@ impl TorrentCore {
         self.conns
             .iter()
             .fold((0, 0), |(d, u), (_, c)| (d + c.peer.download_rate(), u + c.peer.upload_rate()))
+    }
+
+    /// This torrent's limits (upload, download) in bytes per second, 0 =
+    /// unlimited.
+    pub fn rate_limits(&self) -> (u64, u64) {
+        (self.upload_gate.rate_bytes_per_s, self.download_gate.rate_bytes_per_s)
+    }
+
+    /// When work held back by a rate limit should be retried with
+    /// [`TorrentCore::rate_limit_tick`] (`None`: nothing is held back).
+    pub fn rate_limit_wakeup(&self) -> Option<Instant> {
+        match (self.upload_gate.wake_at, self.download_gate.wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn peer_setup(&self, addr: SocketAddr) -> PeerSetup {
@@ -395,6 +554,7 @@ impl TorrentCore {
             upload_reads: 0,
             rejected_requests: 0,
             connected_at: now,
+            fast_set: Vec::new(),
         });
         self.keys.insert(key, conn);
         conn
@@ -462,6 +622,54 @@ impl TorrentCore {
         consumed
     }
 
+    /// Changes this torrent's limits at run time (bytes per second of block
+    /// data, 0 = unlimited). Tokens already earned are kept up to the new
+    /// burst; work a looser limit now allows starts at once.
+    pub fn set_rate_limits(
+        &mut self,
+        now: Instant,
+        upload_bytes_per_s: u64,
+        download_bytes_per_s: u64,
+    ) {
+        self.config.upload_rate_limit_bytes_per_s = upload_bytes_per_s;
+        self.config.download_rate_limit_bytes_per_s = download_bytes_per_s;
+        self.upload_gate.set_rate(now, upload_bytes_per_s);
+        self.download_gate.set_rate(now, download_bytes_per_s);
+        self.rate_limit_tick(now);
+    }
+
+    /// Shares the process-wide limits with this torrent (the driver does
+    /// this once, for every torrent of the process).
+    pub fn set_process_limits(&mut self, limits: Arc<ProcessRateLimits>) {
+        self.process_limits = Some(limits);
+    }
+
+    /// Retries the work rate limits held back (due at
+    /// [`TorrentCore::rate_limit_wakeup`]): new block requests and uploads on
+    /// every connection, starting with a different one each time. Whatever is
+    /// still over budget asks for the next wake-up.
+    pub fn rate_limit_tick(&mut self, now: Instant) {
+        self.upload_gate.wake_at = None;
+        self.download_gate.wake_at = None;
+        let mut conns = std::mem::take(&mut self.scratch_conns);
+        conns.clear();
+        conns.extend(self.conns.iter().map(|(id, _)| id));
+        if !conns.is_empty() {
+            let start = self.rate_cursor % conns.len();
+            conns.rotate_left(start);
+            self.rate_cursor = self.rate_cursor.wrapping_add(1);
+        }
+        for &conn in &conns {
+            if self.conns.contains(conn) {
+                self.fill_requests(conn, now);
+            }
+            if self.conns.contains(conn) {
+                self.start_uploads(conn, now);
+            }
+        }
+        self.scratch_conns = conns;
+    }
+
     /// Timers: call about once a second.
     pub fn tick(&mut self, now: Instant) {
         let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
@@ -503,6 +711,16 @@ impl TorrentCore {
                 let c = &mut self.conns[conn];
                 c.joined = true;
                 c.peer.send_bitfield(&self.have, now);
+                if c.peer.supports_fast() && self.config.allowed_fast_set_size > 0 {
+                    let k = self.config.allowed_fast_set_size.min(MAX_ALLOWED_FAST as u32);
+                    c.fast_set =
+                        allowed_fast_set(c.addr.ip(), &self.params.info_hash, self.piece_count, k);
+                    for &piece in &c.fast_set {
+                        if self.have.get(piece) {
+                            c.peer.allow_fast(piece, now);
+                        }
+                    }
+                }
                 self.choke_policy(conn, now);
             }
             Event::Bitfield => {
@@ -530,6 +748,9 @@ impl TorrentCore {
             }
             Event::RequestDropped(request) => {
                 let _ = self.picker.request_rejected(key, request);
+                // The block will not come: its download tokens are unused.
+                let shared = self.process_limits.as_deref().map(|p| &p.download);
+                self.download_gate.give_back(shared, u64::from(request.length));
             }
             Event::RequestTimedOut(request) => {
                 let _ = self.picker.request_timed_out(key, request);
@@ -671,7 +892,11 @@ impl TorrentCore {
         self.stats.downloaded_bytes += self.picker.piece_size(piece) as u64;
         let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in conns {
-            self.conns[conn].peer.send_have(piece, now);
+            let c = &mut self.conns[conn];
+            c.peer.send_have(piece, now);
+            if c.fast_set.contains(&piece) {
+                c.peer.allow_fast(piece, now);
+            }
             self.update_interest(conn, now);
         }
         self.check_completed();
@@ -686,17 +911,36 @@ impl TorrentCore {
         data: Option<&[u8]>,
         now: Instant,
     ) {
-        let Some(c) = self.conns.get_mut(conn) else { return };
+        let shared = self.process_limits.as_deref().map(|p| &p.upload);
+        let Some(c) = self.conns.get_mut(conn) else {
+            self.upload_abandoned(request);
+            return;
+        };
         c.upload_reads = c.upload_reads.saturating_sub(1);
         match data {
-            Some(data) if data.len() == request.length as usize && !c.peer.am_choking() => {
+            Some(data)
+                if data.len() == request.length as usize && c.peer.may_upload(request.piece) =>
+            {
                 c.peer.send_block(request, data, now);
                 self.stats.uploaded_bytes += data.len() as u64;
             }
-            Some(_) if c.peer.am_choking() => {}
-            _ => c.peer.reject(request, now),
+            _ => {
+                // The read failed, or we choked the peer while reading (the
+                // choke rejected only what was still queued): BEP 6 answers
+                // every request, so reject this one too (silence without the
+                // fast extension), and its tokens are unused.
+                c.peer.reject(request, now);
+                self.upload_gate.give_back(shared, u64::from(request.length));
+            }
         }
         self.start_uploads(conn, now);
+    }
+
+    /// A block read for an upload (an [`Action::ReadBlock`]) will not be
+    /// delivered: its connection is gone. Its upload tokens are returned.
+    pub fn upload_abandoned(&mut self, request: BlockRequest) {
+        let shared = self.process_limits.as_deref().map(|p| &p.upload);
+        self.upload_gate.give_back(shared, u64::from(request.length));
     }
 
     /// The driver sent what was queued for `conn`: uploads held back by
@@ -822,6 +1066,24 @@ impl TorrentCore {
         }
         let key = c.key;
         let addr = c.addr;
+        // Download limit: no more requests than the budget covers now; the
+        // rest wait for the wake-up. (A clone of the Arc: `parole_allows`
+        // below borrows the whole core.)
+        let process = self.process_limits.clone();
+        let shared = process.as_deref().map(|p| &p.download);
+        let budget = self.download_gate.available(now, shared);
+        let mut slots = slots;
+        if budget != u64::MAX {
+            let blocks = usize::try_from(budget / u64::from(BLOCK_SIZE)).unwrap_or(usize::MAX);
+            if blocks < slots {
+                slots = blocks;
+                let wait = self.download_gate.wait_for(now, shared, u64::from(BLOCK_SIZE));
+                self.download_gate.hold(now, wait);
+            }
+            if slots == 0 {
+                return;
+            }
+        }
         let mut picks = std::mem::take(&mut self.scratch_requests);
         picks.clear();
         let _ = self.picker.pick_blocks(key, slots, choked.as_deref(), &mut picks);
@@ -830,8 +1092,15 @@ impl TorrentCore {
                 let _ = self.picker.request_rejected(key, request);
                 continue;
             }
+            let length = u64::from(request.length);
+            // Another shard may have taken the process budget meanwhile.
+            if !self.download_gate.try_take(now, shared, length) {
+                let _ = self.picker.request_rejected(key, request);
+                continue;
+            }
             if self.conns[conn].peer.request(request, now).is_err() {
                 let _ = self.picker.request_rejected(key, request);
+                self.download_gate.give_back(shared, length);
             }
         }
         self.scratch_requests = picks;
@@ -879,7 +1148,16 @@ impl TorrentCore {
             {
                 return;
             }
-            let Some(request) = c.peer.next_upload() else { return };
+            let Some(request) = c.peer.peek_upload() else { return };
+            if self.have.get(request.piece) {
+                // Upload limit: the request waits in the peer's queue until
+                // both buckets grant its length (delayed, never dropped).
+                let shared = self.process_limits.as_deref().map(|p| &p.upload);
+                if !self.upload_gate.try_take(now, shared, u64::from(request.length)) {
+                    return;
+                }
+            }
+            c.peer.next_upload();
             if !self.have.get(request.piece) {
                 c.peer.reject(request, now);
                 c.rejected_requests += 1;
@@ -919,6 +1197,8 @@ fn is_hostile(violation: &Violation) -> bool {
     )
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod sim;
 

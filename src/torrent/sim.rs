@@ -1,6 +1,7 @@
 //! A seeded, virtual-time swarm simulation: several [`TorrentCore`]s linked in
 //! memory with latency, bandwidth, jitter and stalls, driven exactly as the
-//! shard driver drives them (bytes in, actions out). No sockets, no clock.
+//! shard driver drives them (bytes in, actions out, rate-limit wake-ups
+//! honoured when due). No sockets, no clock.
 //!
 //! Every failure message carries the seed; rerun one with
 //! `RINGBIT_SIM_SEED=<seed> cargo test --lib torrent::sim`.
@@ -113,6 +114,29 @@ impl Swarm {
         self.nodes[n].completed_at = Some(self.now);
     }
 
+    /// Node `n` becomes a second honest seed (every piece, the real data).
+    fn make_seed(&mut self, n: usize) {
+        let count = self.nodes[n].core.have().len();
+        let params = self.nodes[n].core.params.clone();
+        let full = Bitfield::full(count);
+        self.nodes[n].core =
+            TorrentCore::new(params, TorrentConfig::default(), full.clone(), &full).unwrap();
+        self.nodes[n].data = self.payload.clone();
+        self.nodes[n].completed_at = Some(self.now);
+    }
+
+    /// Seconds from the start until every leecher in `leechers` completed.
+    fn completion_secs(&self, leechers: std::ops::RangeInclusive<usize>) -> f64 {
+        leechers
+            .map(|i| {
+                let at = self.nodes[i]
+                    .completed_at
+                    .unwrap_or_else(|| panic!("seed {}: leecher {i} did not complete", self.seed));
+                (at - self.start).as_secs_f64()
+            })
+            .fold(0.0, f64::max)
+    }
+
     fn addr(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i as u8 + 1], 6000 + i as u16))
     }
@@ -142,6 +166,11 @@ impl Swarm {
                     node.core.tick(self.now);
                 }
                 next_tick += Duration::from_secs(1);
+            }
+            for node in &mut self.nodes {
+                if node.core.rate_limit_wakeup().is_some_and(|at| at <= self.now) {
+                    node.core.rate_limit_tick(self.now);
+                }
             }
             for l in 0..self.links.len() {
                 self.pump(l);
@@ -397,5 +426,91 @@ fn honest_peer_sharing_failed_pieces_with_a_corrupt_peer_is_never_struck() {
             leecher.banned.contains(&Swarm::addr(2).ip()),
             "seed {seed}: corrupt peer not banned"
         );
+    }
+}
+
+/// Rates and sizes of the rate-limit simulations: 2 MiB at 512 KiB/s should
+/// take 4 s; the links carry 64 MiB/s, so unlimited it takes well under 1 s.
+const LIMITED_PAYLOAD: usize = 2 * 1024 * 1024;
+const LIMIT_BYTES_PER_S: u64 = 512 * 1024;
+
+/// `secs` is about `LIMITED_PAYLOAD / LIMIT_BYTES_PER_S`: within 15% (the
+/// first burst and the ramp-up pull opposite ways).
+fn assert_takes_size_over_limit(secs: f64, seed: u64, what: &str) {
+    let expected = LIMITED_PAYLOAD as f64 / LIMIT_BYTES_PER_S as f64;
+    assert!(
+        (expected * 0.85..=expected * 1.15).contains(&secs),
+        "seed {seed}: {what} took {secs:.2} s, expected about {expected:.2} s"
+    );
+}
+
+/// Goal: an upload limit on the seeder paces the whole transfer.
+/// Setup: 1 seeder with a 512 KiB/s upload limit, 1 leecher, 2 MiB over a
+/// 64 MiB/s link; the same swarm again unlimited.
+/// Check: limited, completion takes size / limit (4 s, within 15%);
+/// unlimited, under a quarter of that.
+#[test]
+fn upload_limit_makes_a_transfer_take_size_over_limit() {
+    for seed in seeds() {
+        let mut swarm = Swarm::new(seed, LIMITED_PAYLOAD, 64 * 1024, 1);
+        swarm.connect(1, 0);
+        swarm.run(Duration::from_secs(60));
+        swarm.assert_complete();
+        let unlimited = swarm.completion_secs(1..=1);
+
+        let mut swarm = Swarm::new(seed, LIMITED_PAYLOAD, 64 * 1024, 1);
+        let now = swarm.now;
+        swarm.nodes[0].core.set_rate_limits(now, LIMIT_BYTES_PER_S, 0);
+        swarm.connect(1, 0);
+        swarm.run(Duration::from_secs(60));
+        swarm.assert_complete();
+        let limited = swarm.completion_secs(1..=1);
+        assert_takes_size_over_limit(limited, seed, "upload-limited transfer");
+        assert!(unlimited < limited / 4.0, "seed {seed}: unlimited took {unlimited:.2} s");
+    }
+}
+
+/// Goal: a download limit on the leecher paces the transfer the same way.
+/// Setup: 1 seeder, 1 leecher with a 512 KiB/s download limit, 2 MiB.
+/// Check: completion takes size / limit (within 15%).
+#[test]
+fn download_limit_makes_a_transfer_take_size_over_limit() {
+    for seed in seeds() {
+        let mut swarm = Swarm::new(seed, LIMITED_PAYLOAD, 64 * 1024, 1);
+        let now = swarm.now;
+        swarm.nodes[1].core.set_rate_limits(now, 0, LIMIT_BYTES_PER_S);
+        swarm.connect(1, 0);
+        swarm.run(Duration::from_secs(60));
+        swarm.assert_complete();
+        let secs = swarm.completion_secs(1..=1);
+        assert_takes_size_over_limit(secs, seed, "download-limited transfer");
+    }
+}
+
+/// Goal: the process-wide limit is honest across torrents: X bytes/s in
+/// total, not X per torrent.
+/// Setup: two seeders (two torrents of one process, as on two shards) share
+/// one 512 KiB/s process upload bucket; one leecher downloads from both.
+/// Check: completion takes size / limit, as with a single limited seeder
+/// (two independent 512 KiB/s limits would take half as long); both seeders
+/// served a share.
+#[test]
+fn process_upload_limit_is_shared_by_every_torrent() {
+    for seed in seeds() {
+        let mut swarm = Swarm::new(seed, LIMITED_PAYLOAD, 64 * 1024, 2);
+        swarm.make_seed(2);
+        let limits = Arc::new(ProcessRateLimits::new(LIMIT_BYTES_PER_S, 0, swarm.now));
+        swarm.nodes[0].core.set_process_limits(limits.clone());
+        swarm.nodes[2].core.set_process_limits(limits);
+        swarm.connect(1, 0);
+        swarm.connect(1, 2);
+        swarm.run(Duration::from_secs(60));
+        swarm.assert_complete();
+        let secs = swarm.completion_secs(1..=1);
+        assert_takes_size_over_limit(secs, seed, "transfer from two seeders sharing one limit");
+        for s in [0, 2] {
+            let up = swarm.nodes[s].core.stats().uploaded_bytes;
+            assert!(up > 0, "seed {seed}: seeder {s} served nothing");
+        }
     }
 }

@@ -16,14 +16,17 @@
 //!   one vectored write, without copying the block.
 //! * [`handshake`]: the 68-byte handshake, reserved bits, Azureus-style peer id.
 //! * [`extension`]: the BEP 10 extension handshake dictionary.
+//! * [`allowed_fast`]: the canonical BEP 6 allowed-fast set of a peer.
 //!
 //! Invariant: for every message `m`, `decode(encode(m)) == m` and uses exactly
 //! the encoded length; for every input, `decode` returns without panicking.
 
+pub mod allowed_fast;
 pub mod extension;
 pub mod handshake;
 mod message;
 
+pub use allowed_fast::{allowed_fast_set, ALLOWED_FAST_SET_SIZE};
 pub use extension::{ExtensionError, ExtensionHandshake};
 pub use handshake::{
     decode_handshake, peek_info_hash, Handshake, HandshakeDecoded, PeerId, Reserved, HANDSHAKE_LEN,

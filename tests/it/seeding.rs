@@ -2,7 +2,8 @@
 //! and aria2 download a multi-file torrent from it, alone and all at once; a
 //! hand-written hostile leecher asking for pieces we lack or flooding
 //! requests gets rejects and is dropped while an honest leecher completes;
-//! corrupt data refuses to seed.
+//! corrupt data refuses to seed; `--upload-limit` holds a leecher to the rate;
+//! a choked peer is offered and served its allowed-fast pieces.
 //!
 //! Every seeder runs `ringbit seed T DIR --port P --bind 127.0.0.1` on a
 //! fresh port, its output in a log file quoted on failure; every wait is
@@ -213,6 +214,39 @@ fn three_real_leechers_at_once_from_ringbit_seed() {
 }
 
 // ---------------------------------------------------------------------------
+// Rate limits
+
+/// Goal: `--upload-limit` holds the seeder to its rate: a correctness check
+/// of the limit (a lower bound on the time), not a speed target.
+/// Setup: a 6 MiB single-file payload seeded with `--upload-limit 2M`
+/// (2 MiB/s); libtorrent dials the seeder and downloads it.
+/// Check: libtorrent completes with identical data, no sooner than 80% of
+/// size / limit (3 s; the first burst is 0.1 s of the rate, and libtorrent's
+/// own start-up only adds time). Measured here: 4.7-5.3 s limited, 1.5-1.7 s
+/// unlimited (libtorrent's start-up included), so the bound tells them apart.
+#[test]
+fn upload_limit_holds_libtorrent_leecher_to_the_rate() {
+    const SIZE: usize = 6 * 1024 * 1024;
+    const LIMIT_BYTES_PER_S: f64 = 2.0 * 1024.0 * 1024.0;
+    let payload = Payload::single_file("limited.bin", SIZE, PIECE_LOG2);
+    let torrent = payload.torrent(&[]);
+    let seed = RingbitSeed::start(&torrent, &payload.save_path, &["--upload-limit", "2M"], None);
+    let out = tempfile::tempdir().unwrap();
+    let mut lt = Leecher::start(PeerKind::Libtorrent, &torrent, out.path(), &[seed.addr()], None);
+    let elapsed = match lt.wait_complete(Duration::from_secs(15)) {
+        Ok(elapsed) => elapsed,
+        Err(e) => panic!("libtorrent from a limited seed: {e}\nseeder log:\n{}", seed.log_text()),
+    };
+    lt.assert_same_as(&payload.save_path);
+    let floor = 0.8 * SIZE as f64 / LIMIT_BYTES_PER_S;
+    assert!(
+        elapsed.as_secs_f64() >= floor,
+        "6 MiB at 2 MiB/s arrived in {elapsed:?} (at least {floor:.1} s expected)"
+    );
+    seed.stop_ok();
+}
+
+// ---------------------------------------------------------------------------
 // Hostile leechers
 
 const MSG_UNCHOKE: u8 = 1;
@@ -222,6 +256,7 @@ const MSG_REQUEST: u8 = 6;
 const MSG_PIECE: u8 = 7;
 const MSG_HAVE_ALL: u8 = 14;
 const MSG_REJECT: u8 = 16;
+const MSG_ALLOWED_FAST: u8 = 17;
 const BLOCK: u32 = 16 * 1024;
 /// Longest message the hand-written leecher accepts (a block plus header).
 const MAX_MESSAGE: usize = BLOCK as usize + 64;
@@ -439,6 +474,66 @@ fn request_flooder_is_dropped_while_an_honest_leecher_completes() {
     let _ = flooder.join();
     assert!(blocks <= 20_000, "{blocks} blocks");
     check_leecher(&mut lt, &payload, &seed);
+    seed.stop_ok();
+}
+
+/// Goal: BEP 6 allowed fast from the real binary: a choked fast-extension
+/// peer is offered its canonical allowed-fast set and served those pieces
+/// while still choked; other pieces are rejected.
+/// Setup: a full seed; a hand-written fast peer connects and never says it is
+/// interested (so it is never unchoked).
+/// Check: after have-all it gets 10 `allowed_fast` messages, exactly
+/// `wire::allowed_fast_set` for 127.0.0.1; a block of the first is served
+/// and a block of a piece outside the set is rejected, with no unchoke.
+#[test]
+fn choked_peer_is_offered_and_served_its_allowed_fast_pieces() {
+    let payload = Payload::multi_file("multi", PIECE_LOG2);
+    let torrent = payload.torrent(&[]);
+    let seed = RingbitSeed::start(&torrent, &payload.save_path, &[], None);
+    let (mut peer, _, count) = RawPeer::connect(seed.addr(), &payload.info_hash);
+    assert_eq!(count, u32::MAX, "a full seed sends have-all to a fast peer");
+    let pieces = payload.total_size.div_ceil(payload.piece_length) as u32;
+    let info_hash = ringbit::metainfo::InfoHash(hex(&payload.info_hash).try_into().unwrap());
+    let expected = ringbit::wire::allowed_fast_set(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &info_hash,
+        pieces,
+        ringbit::wire::ALLOWED_FAST_SET_SIZE,
+    );
+    assert_eq!(expected.len(), 10);
+    let mut offered = Vec::new();
+    while offered.len() < expected.len() {
+        match peer.next() {
+            Got::Message(MSG_ALLOWED_FAST, p) => {
+                offered.push(u32::from_be_bytes(p[..4].try_into().unwrap()))
+            }
+            Got::Message(MSG_UNCHOKE, _) => panic!("unchoked without asking"),
+            Got::Message(..) => {}
+            Got::Closed => panic!("closed before allowed fast:\n{}", seed.log_text()),
+        }
+    }
+    assert_eq!(offered, expected);
+    let fast = offered[0];
+    let other = (0..pieces).find(|p| !offered.contains(p)).unwrap();
+    peer.send(MSG_REQUEST, &request(other, 0, BLOCK));
+    peer.send(MSG_REQUEST, &request(fast, 0, BLOCK));
+    let (mut rejected, mut served) = (false, false);
+    while !(rejected && served) {
+        match peer.next() {
+            Got::Message(MSG_REJECT, r) => {
+                assert_eq!(r, request(other, 0, BLOCK), "reject for another request");
+                rejected = true;
+            }
+            Got::Message(MSG_PIECE, p) => {
+                let piece = u32::from_be_bytes(p[..4].try_into().unwrap());
+                assert_eq!(piece, fast, "data of a piece outside the allowed-fast set");
+                served = true;
+            }
+            Got::Message(MSG_UNCHOKE, _) => panic!("unchoked without asking"),
+            Got::Message(..) => {}
+            Got::Closed => panic!("closed before answering:\n{}", seed.log_text()),
+        }
+    }
     seed.stop_ok();
 }
 
