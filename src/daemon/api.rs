@@ -14,6 +14,10 @@
 //!   `{"info_hash", "name"}`; 409 when already there
 //! * `GET  /api/v1/torrents/{info_hash}`, `DELETE` (stop and forget; data kept)
 //! * `POST /api/v1/torrents/{info_hash}/pause`, `.../resume`
+//! * `POST /api/v1/torrents/{info_hash}/limits` — `{"upload_rate": "1M",
+//!   "download_rate": 0}` (bytes per second or sizes like `512K`; 0 = none;
+//!   a missing key keeps its value), remembered across restarts
+//! * `POST /api/v1/limits` — the same for the whole process, until restart
 //! * `GET  /metrics` — Prometheus text ([`super::metrics`])
 //!
 //! No authentication: the API listens on 127.0.0.1 by default. Binding it
@@ -77,6 +81,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/torrents/{info_hash}", get(one).delete(remove))
         .route("/api/v1/torrents/{info_hash}/pause", post(pause))
         .route("/api/v1/torrents/{info_hash}/resume", post(resume))
+        .route("/api/v1/torrents/{info_hash}/limits", post(torrent_limits))
+        .route("/api/v1/limits", post(process_limits))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(METAINFO_FILE_MAX_BYTES as usize))
         .with_state(daemon)
@@ -222,6 +228,83 @@ async fn resume(
     let info_hash = parse_hash(&info_hash)?;
     blocking(move || Ok(daemon.resume(info_hash)?)).await?;
     Ok(Json(serde_json::json!({ "resumed": info_hash.to_hex() })).into_response())
+}
+
+/// A rate in a limits request: bytes per second or a size like "10M".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Rate {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Rate {
+    fn bytes_per_s(&self) -> ApiResult<u64> {
+        match self {
+            Rate::Bytes(n) => Ok(*n),
+            Rate::Text(text) => crate::config::parse_size(text).ok_or_else(|| {
+                ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not a rate like 10M"))
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    #[serde(default)]
+    upload_rate: Option<Rate>,
+    #[serde(default)]
+    download_rate: Option<Rate>,
+}
+
+impl Limits {
+    /// The new (upload, download) given the current ones.
+    fn apply(&self, current: (u64, u64)) -> ApiResult<(u64, u64)> {
+        let up = match &self.upload_rate {
+            Some(rate) => rate.bytes_per_s()?,
+            None => current.0,
+        };
+        let down = match &self.download_rate {
+            Some(rate) => rate.bytes_per_s()?,
+            None => current.1,
+        };
+        Ok((up, down))
+    }
+}
+
+fn parse_limits(body: &[u8]) -> ApiResult<Limits> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn torrent_limits(
+    State(daemon): State<Arc<Daemon>>,
+    Path(info_hash): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let info_hash = parse_hash(&info_hash)?;
+    let limits = parse_limits(&body)?;
+    let view = blocking(move || {
+        let view = daemon.torrent(info_hash).ok_or(DaemonError::NotFound(info_hash))?;
+        let (up, down) = limits.apply((view.upload_rate_limit, view.download_rate_limit))?;
+        daemon.set_torrent_limits(info_hash, up, down)?;
+        Ok(daemon.torrent(info_hash))
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+async fn process_limits(State(daemon): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Response> {
+    let limits = parse_limits(&body)?;
+    let (up, down) = blocking(move || {
+        let (up, down) = limits.apply(daemon.process_limits())?;
+        daemon.set_process_limits(up, down);
+        Ok(daemon.process_limits())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "upload_rate_limit": up, "download_rate_limit": down }))
+        .into_response())
 }
 
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> ApiResult<Response> {

@@ -282,14 +282,15 @@ impl Daemon {
         if self.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let (metainfo, dir) = {
+        let (metainfo, dir, limits) = {
             let mut torrents = lock(&self.torrents);
             let Some(entry) = torrents.get_mut(&info_hash) else { return };
             if !matches!(entry.state, EntryState::Queued) {
                 return;
             }
             entry.state = EntryState::Checking;
-            (entry.metainfo.clone(), entry.meta.download_dir.clone())
+            let limits = (entry.meta.upload_rate_limit, entry.meta.download_rate_limit);
+            (entry.metainfo.clone(), entry.meta.download_dir.clone(), limits)
         };
         let info = &metainfo.info;
         let options = CheckOptions { threads: 1, ..CheckOptions::default() };
@@ -337,7 +338,14 @@ impl Daemon {
             store_options: StoreOptions { backend: self.config.backend, ..StoreOptions::default() },
             peers: Vec::new(),
         };
-        let state = match self.with_session(|s| s.add(add)) {
+        let started = self.with_session(|s| {
+            let status = s.add(add)?;
+            if limits != (0, 0) {
+                s.set_torrent_rate_limits(info_hash, limits.0, limits.1)?;
+            }
+            Ok::<_, SessionError>(status)
+        });
+        let state = match started {
             Some(Ok(status)) => EntryState::Running(status),
             Some(Err(error)) => EntryState::Failed(error.to_string()),
             None => EntryState::Failed("the daemon is shutting down".into()),
@@ -418,7 +426,14 @@ impl Daemon {
             }
         }
         create_dir(&download_dir)?;
-        let meta = EntryMeta { download_dir, paused, source, added_at: unix_now() };
+        let meta = EntryMeta {
+            download_dir,
+            paused,
+            source,
+            added_at: unix_now(),
+            upload_rate_limit: 0,
+            download_rate_limit: 0,
+        };
         self.registry.insert(info_hash, &bytes, &meta)?;
         lock(&self.torrents).insert(
             info_hash,
@@ -487,6 +502,43 @@ impl Daemon {
         let _ = self.start_jobs.send(info_hash);
         tracing::info!(%info_hash, "torrent resumed");
         Ok(())
+    }
+
+    /// Sets a torrent's own rate limits (bytes per second, 0 = none),
+    /// remembered across restarts.
+    pub fn set_torrent_limits(
+        &self,
+        info_hash: InfoHash,
+        upload_rate_limit: u64,
+        download_rate_limit: u64,
+    ) -> Result<(), DaemonError> {
+        let _ops = lock(&self.ops);
+        let running = {
+            let mut torrents = lock(&self.torrents);
+            let entry = torrents.get_mut(&info_hash).ok_or(DaemonError::NotFound(info_hash))?;
+            entry.meta.upload_rate_limit = upload_rate_limit;
+            entry.meta.download_rate_limit = download_rate_limit;
+            self.registry.update(info_hash, &entry.meta)?;
+            matches!(entry.state, EntryState::Running(_))
+        };
+        if running {
+            self.with_session(|s| {
+                s.set_torrent_rate_limits(info_hash, upload_rate_limit, download_rate_limit)
+            })
+            .ok_or(DaemonError::ShuttingDown)??;
+        }
+        Ok(())
+    }
+
+    /// Sets the process-wide rate limits until the next restart (the config
+    /// file's `limits.upload_rate` / `download_rate` apply again then).
+    pub fn set_process_limits(&self, upload_rate_limit: u64, download_rate_limit: u64) {
+        self.with_session(|s| s.set_rate_limits(upload_rate_limit, download_rate_limit));
+    }
+
+    /// The process-wide rate limits (upload, download), bytes per second.
+    pub fn process_limits(&self) -> (u64, u64) {
+        self.with_session(|s| s.rate_limits()).unwrap_or((0, 0))
     }
 
     /// Stops a torrent and forgets it (its data stays on disk; its resume
@@ -679,6 +731,8 @@ impl Daemon {
             download_dir: entry.meta.download_dir.clone(),
             source: entry.meta.source.clone(),
             rechecked_pieces: entry.rechecked_pieces,
+            upload_rate_limit: entry.meta.upload_rate_limit,
+            download_rate_limit: entry.meta.download_rate_limit,
             error: None,
             trackers: Vec::new(),
         };
@@ -739,6 +793,8 @@ impl Daemon {
             downloaded: 0,
             uploaded: 0,
             peers: 0,
+            upload_rate_limit: 0,
+            download_rate_limit: 0,
             startup: StartupView {
                 done: false,
                 seconds: None,
@@ -762,6 +818,7 @@ impl Daemon {
             status.peers += t.peers;
         }
         status.by_state = by_state;
+        (status.upload_rate_limit, status.download_rate_limit) = self.process_limits();
         status
     }
 
@@ -869,6 +926,9 @@ pub struct TorrentView {
     pub source: Source,
     /// Pieces hashed the last time it started (0 when resume state was trusted).
     pub rechecked_pieces: u32,
+    /// This torrent's own limits, bytes per second (0 = none).
+    pub upload_rate_limit: u64,
+    pub download_rate_limit: u64,
     pub error: Option<String>,
     pub trackers: Vec<TrackerView>,
 }
@@ -904,6 +964,9 @@ pub struct StatusView {
     pub downloaded: u64,
     pub uploaded: u64,
     pub peers: usize,
+    /// Process-wide limits, bytes per second (0 = none).
+    pub upload_rate_limit: u64,
+    pub download_rate_limit: u64,
     pub startup: StartupView,
     pub shutting_down: bool,
 }

@@ -53,6 +53,12 @@ pub struct EntryMeta {
     pub source: Source,
     /// Seconds since the Unix epoch.
     pub added_at: u64,
+    /// This torrent's own limits in bytes per second (0 = none; the
+    /// process-wide limits apply on top).
+    #[serde(default)]
+    pub upload_rate_limit: u64,
+    #[serde(default)]
+    pub download_rate_limit: u64,
 }
 
 /// One entry as loaded.
@@ -207,6 +213,8 @@ mod tests {
                 paused: name == "b",
                 source: Source::Watch { path: format!("/watch/{name}.torrent").into() },
                 added_at: 1,
+                upload_rate_limit: 0,
+                download_rate_limit: 0,
             };
             registry.insert(metainfo.info_hash, &bytes, &meta).unwrap();
             hashes.push(metainfo.info_hash);

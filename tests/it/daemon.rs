@@ -352,6 +352,26 @@ fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
     assert_eq!(daemon.request("POST", &format!("{one}/resume"), "", b"").0, 200);
     daemon.wait_seeding(2);
 
+    // Rate limits: per torrent (remembered) and for the process.
+    let limits = format!("/api/v1/torrents/{}/limits", hashes[1]);
+    let (code, body) =
+        daemon.request("POST", &limits, "application/json", br#"{"upload_rate": "512K"}"#);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let view = daemon.get_json(&format!("/api/v1/torrents/{}", hashes[1]));
+    assert_eq!(view["upload_rate_limit"], 512 * 1024);
+    assert_eq!(view["download_rate_limit"], 0);
+    let (code, _) =
+        daemon.request("POST", &limits, "application/json", br#"{"upload_rate": "fast"}"#);
+    assert_eq!(code, 400);
+    let (code, body) = daemon.request(
+        "POST",
+        "/api/v1/limits",
+        "application/json",
+        br#"{"download_rate": 1000000}"#,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(daemon.status()["download_rate_limit"], 1_000_000);
+
     // The watch directory: a new file is added, a removed one stopped.
     let watched = dir.path().join("watch").join("item-00002.torrent");
     std::fs::copy(staging.join("item-00002.torrent"), &watched).unwrap();
@@ -375,6 +395,8 @@ fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
     let status = daemon.wait_seeding(1);
     assert_eq!(status["torrents"], 1);
     assert_eq!(status["startup"]["rechecked_pieces"], 0);
+    let view = daemon.get_json(&format!("/api/v1/torrents/{}", hashes[1]));
+    assert_eq!(view["upload_rate_limit"], 512 * 1024, "per-torrent limits survive a restart");
     daemon.stop();
 }
 
