@@ -252,6 +252,9 @@ fn spawn(
         .arg("-o")
         .arg(dir)
         .args(["--no-trackers", "--bind", "127.0.0.1"])
+        // Each process its own resume state, inside the work directory.
+        .arg("--state-dir")
+        .arg(dir.with_extension("state"))
         .args(flags)
         .args(engine_flags)
         .arg("-v")

@@ -1,8 +1,10 @@
 //! `ringbit seed`: serve a torrent's complete (or, with `--partial`, partial)
 //! data to leechers until Ctrl-C, then announce `stopped` and exit 0.
 //!
-//! Layer: edge. Verifies the data with every core (`storage::check::recheck`),
-//! refuses missing or corrupt pieces unless `--partial`, builds a [`Session`]
+//! Layer: edge. Trusts resume state that matches the data (every file's size
+//! and mtime as when ringbit verified it; `--recheck` overrides), otherwise
+//! verifies the data with every core (`storage::check::recheck`) and saves
+//! resume state; refuses missing or corrupt pieces unless `--partial`, builds a [`Session`]
 //! with the torrent added as `have` = what verified and `wanted` = the same
 //! (a seed never downloads), and prints a status line until SIGINT/SIGTERM.
 //!
@@ -22,6 +24,7 @@ use crate::net::trackers::TrackerConfig;
 use crate::session::{AddTorrent, Session};
 use crate::shard::engine::TorrentStatus;
 use crate::storage::check::{recheck, CheckOptions, CheckReport, FileState};
+use crate::storage::resume;
 use crate::wire::PeerId;
 use anyhow::Context;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -63,6 +66,16 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub reannounce_secs: Option<u32>,
 
+    /// Where resume state lives (default: $XDG_STATE_HOME/ringbit or
+    /// ~/.local/state/ringbit). When it matches the data (every file's size
+    /// and mtime unchanged since ringbit verified it), the recheck is skipped.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Recheck every piece even when resume state matches.
+    #[arg(long)]
+    pub recheck: bool,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -86,7 +99,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let stop = super::engine_args::stop_flag()?;
 
-    let have = verified_pieces(&metainfo, &args.data_dir, args.partial)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(super::download::default_state_dir);
+    let trusted = if args.recheck {
+        None
+    } else {
+        resume::load_trusted(&state_dir, metainfo.info_hash, info, &args.data_dir)
+            .filter(|have| have.is_full() || (args.partial && have.count() > 0))
+    };
+    let have = match trusted {
+        Some(have) => {
+            eprintln!(
+                "ringbit: resume state matches the data: {} of {} pieces verified, not rechecking",
+                have.count(),
+                info.piece_count()
+            );
+            have
+        }
+        None => {
+            let have = verified_pieces(&metainfo, &args.data_dir, args.partial)?;
+            // Read back from disk, so durable: the next start may trust it.
+            let saved = resume::save(&state_dir, metainfo.info_hash, info, &args.data_dir, &have);
+            if let Err(error) = saved {
+                eprintln!("ringbit: warning: cannot save resume state: {error}");
+            }
+            have
+        }
+    };
     if stop.load(Ordering::Relaxed) {
         return Ok(ExitCode::from(130));
     }
@@ -127,11 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The pieces to seed: every piece must verify unless `partial`.
-///
-/// Seam for resume state: when a matching resume file is trusted (another
-/// branch), its bitfield replaces the recheck here; everything after this
-/// function only needs the verified `have`.
+/// The pieces to seed, rechecked: every piece must verify unless `partial`.
 fn verified_pieces(metainfo: &Metainfo, dir: &Path, partial: bool) -> anyhow::Result<Bitfield> {
     let info = &metainfo.info;
     let bar = super::progress::bar(info.piece_count() as u64, "checking");

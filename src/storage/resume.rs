@@ -150,6 +150,22 @@ pub fn load_or_recheck(
     Ok(Resumed { have, rechecked, full_recheck: false, warning: None })
 }
 
+/// The verified pieces the resume file claims, only when it is valid and
+/// every file is exactly as it was when the state was written (same size and
+/// mtime); `None` otherwise, and the caller rechecks. For `ringbit seed`,
+/// which wants a full report when anything changed.
+pub fn load_trusted(
+    state_dir: &Path,
+    info_hash: InfoHash,
+    info: &Info,
+    data_dir: &Path,
+) -> Option<Bitfield> {
+    let layout = Layout::new(info).ok()?;
+    let bytes = read_bounded(&resume_path(state_dir, info_hash)).ok()??;
+    let state = resume::decode(&bytes, info_hash, layout.piece_count(), info.files.len()).ok()?;
+    (state.files == stamp_files(info, data_dir)).then_some(state.have)
+}
+
 /// The resume file's bytes; `None` when there is none. Larger than
 /// [`RESUME_BYTES_MAX`] is an error (never read into memory).
 fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {

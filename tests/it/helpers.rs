@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `ringbit` as built for this test run.
+/// `ringbit` as built for this test run. Its default state directory (resume
+/// files) is under cargo's target tmp directory, never the home of whoever
+/// runs the tests (resume files are keyed by info hash and stamped with their
+/// data's paths and mtimes, so tests cannot trust each other's).
 pub fn ringbit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringbit"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbit"));
+    cmd.env("XDG_STATE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"));
+    cmd
 }
 
 /// Runs a command to completion with a bound on how long it may take; panics

@@ -567,3 +567,45 @@ fn seed_refuses_corrupt_data_without_partial() {
     assert!(stderr.contains("0 pieces missing, 1 corrupt"), "stderr:\n{stderr}");
     assert!(stderr.contains("--partial"), "stderr:\n{stderr}");
 }
+
+/// Goal: `ringbit seed` trusts resume state that matches the data and
+/// rechecks when the data changed.
+/// Setup: seed once (full check, resume saved), stop; seed again; then flip a
+/// byte of one file (same size, new mtime) and seed a third time.
+/// Check: the second run says it is not rechecking; the third rechecks and
+/// refuses the corrupt piece (never trusting stale state).
+#[test]
+fn seed_trusts_matching_resume_state_and_rechecks_changed_data() {
+    let payload = Payload::multi_file("multi", PIECE_LOG2);
+    let torrent = payload.torrent(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let extra = ["--no-trackers", "--state-dir", state_arg.as_str()];
+    let first = RingbitSeed::start(&torrent, &payload.save_path, &extra, None);
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("not rechecking"), "nothing to trust the first time:\n{log}");
+    let second = RingbitSeed::start(&torrent, &payload.save_path, &extra, None);
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resume state matches the data"), "{log}");
+
+    let file = payload.save_path.join("multi/sub/deeper/d.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0xff;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&file, bytes).unwrap();
+    let port = helpers::free_port().to_string();
+    let out = helpers::run_bounded(
+        helpers::ringbit()
+            .arg("seed")
+            .arg(&torrent)
+            .arg(&payload.save_path)
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(extra),
+        SEED_READY_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stale resume state was trusted:\n{stderr}");
+    assert!(stderr.contains("1 corrupt"), "{stderr}");
+}
