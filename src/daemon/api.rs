@@ -203,31 +203,34 @@ async fn add(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn remove(
-    State(daemon): State<Arc<Daemon>>,
-    Path(info_hash): Path<String>,
+/// Runs `op` on one torrent; the reply is `{key: info_hash}`.
+async fn torrent_action(
+    daemon: Arc<Daemon>,
+    info_hash: &str,
+    key: &'static str,
+    op: fn(&Daemon, InfoHash) -> Result<(), DaemonError>,
 ) -> ApiResult<Response> {
-    let info_hash = parse_hash(&info_hash)?;
-    blocking(move || Ok(daemon.remove(info_hash)?)).await?;
-    Ok(Json(serde_json::json!({ "removed": info_hash.to_hex() })).into_response())
+    let info_hash = parse_hash(info_hash)?;
+    blocking(move || Ok(op(&daemon, info_hash)?)).await?;
+    Ok(Json(serde_json::json!({ key: info_hash.to_hex() })).into_response())
 }
 
-async fn pause(
+async fn remove(
     State(daemon): State<Arc<Daemon>>,
-    Path(info_hash): Path<String>,
+    Path(hash): Path<String>,
 ) -> ApiResult<Response> {
-    let info_hash = parse_hash(&info_hash)?;
-    blocking(move || Ok(daemon.pause(info_hash)?)).await?;
-    Ok(Json(serde_json::json!({ "paused": info_hash.to_hex() })).into_response())
+    torrent_action(daemon, &hash, "removed", Daemon::remove).await
+}
+
+async fn pause(State(daemon): State<Arc<Daemon>>, Path(hash): Path<String>) -> ApiResult<Response> {
+    torrent_action(daemon, &hash, "paused", Daemon::pause).await
 }
 
 async fn resume(
     State(daemon): State<Arc<Daemon>>,
-    Path(info_hash): Path<String>,
+    Path(hash): Path<String>,
 ) -> ApiResult<Response> {
-    let info_hash = parse_hash(&info_hash)?;
-    blocking(move || Ok(daemon.resume(info_hash)?)).await?;
-    Ok(Json(serde_json::json!({ "resumed": info_hash.to_hex() })).into_response())
+    torrent_action(daemon, &hash, "resumed", Daemon::resume).await
 }
 
 /// A rate in a limits request: bytes per second or a size like "10M".

@@ -12,15 +12,7 @@ const LIMIT: u64 = 160 * 1024;
 const BURST_BLOCKS: u64 = 8;
 
 fn params(pieces: u32) -> TorrentParams {
-    TorrentParams {
-        info_hash: InfoHash([3; 20]),
-        piece_length: PIECE_LEN,
-        total_length: u64::from(PIECE_LEN * pieces),
-        piece_hashes: vec![[0; 20]; pieces as usize],
-        our_peer_id: PeerId([1; 20]),
-        listen_port: None,
-        metadata_size: None,
-    }
+    TorrentParams::for_tests(PIECE_LEN, pieces)
 }
 
 fn core(pieces: u32, have: Bitfield, wanted: &Bitfield, config: TorrentConfig) -> TorrentCore {

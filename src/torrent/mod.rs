@@ -1203,6 +1203,23 @@ mod limit_tests;
 mod sim;
 
 #[cfg(test)]
+impl TorrentParams {
+    /// `pieces` pieces of `piece_length` with zero hashes (unit tests that
+    /// never hash), info hash `[3; 20]`, our peer id `[1; 20]`.
+    pub(crate) fn for_tests(piece_length: u32, pieces: u32) -> TorrentParams {
+        TorrentParams {
+            info_hash: InfoHash([3; 20]),
+            piece_length,
+            total_length: u64::from(piece_length) * u64::from(pieces),
+            piece_hashes: vec![[0; 20]; pieces as usize],
+            our_peer_id: PeerId([1; 20]),
+            listen_port: None,
+            metadata_size: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod serve_tests {
     use super::*;
     use crate::wire::{decode, Decoded, Message, Reserved, WireLimits, HANDSHAKE_LEN};
@@ -1212,15 +1229,7 @@ mod serve_tests {
 
     /// A torrent of [`PIECES`] pieces of [`PIECE_LEN`] (hashes are not checked).
     fn test_params() -> TorrentParams {
-        TorrentParams {
-            info_hash: InfoHash([3; 20]),
-            piece_length: PIECE_LEN,
-            total_length: u64::from(PIECE_LEN * PIECES),
-            piece_hashes: vec![[0; 20]; PIECES as usize],
-            our_peer_id: PeerId([1; 20]),
-            listen_port: None,
-            metadata_size: None,
-        }
+        TorrentParams::for_tests(PIECE_LEN, PIECES)
     }
 
     /// A core that has piece 0 only, with one fast-extension peer connected.
