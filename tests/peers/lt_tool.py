@@ -82,6 +82,10 @@ def add(ses, a, flags=0):
     return h
 
 
+# Seconds between dials of the --peer addresses while no peer is connected.
+REDIAL_SECONDS = 2.0
+
+
 def wait_for(ses, pred, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -127,6 +131,7 @@ def cmd_leech(a):
     h = add(ses, a)
     start = time.time()
     deadline = start + a.timeout
+    redial_at = start + REDIAL_SECONDS
     while time.time() < deadline:
         ses.wait_for_alert(200)
         ses.pop_alerts()
@@ -134,6 +139,14 @@ def cmd_leech(a):
         if st.is_seeding or st.state == lt.torrent_status.seeding:
             emit({"seconds": time.time() - start, "bytes": st.total_wanted})
             return 0
+        # A seeder that was still loading its torrent drops our first
+        # connection, and libtorrent waits min_reconnect_time (60 s) before
+        # dialling it again: dial the given peers again while none is connected.
+        if st.num_peers == 0 and time.time() >= redial_at:
+            redial_at = time.time() + REDIAL_SECONDS
+            for peer in a.peer or []:
+                host, port = peer.rsplit(":", 1)
+                h.connect_peer((host, int(port)))
     st = h.status()
     emit({"error": "timeout", "progress": st.progress})
     return 1
