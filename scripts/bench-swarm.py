@@ -1,50 +1,72 @@
 #!/usr/bin/python3
-"""End-to-end swarm benchmark on loopback: one seeder, leechers one after another.
+"""End-to-end swarm benchmark on loopback: seeder/leecher pairs, timed alike.
 
-The same seeder process (libtorrent in seed_mode by default, or `ringbit seed`)
-serves a single-file torrent (default 1 GiB, 1 MiB pieces) to each leecher in
-turn: libtorrent, aria2, transmission and ringbit (`ringbit download`). Each
-leecher runs --runs times (rounds interleave the leechers so drift on a shared
-machine spreads evenly); the table shows medians of:
+Each measured pair is one seeder process (libtorrent in seed_mode via
+tests/peers/lt_extra.py, or `ringbit seed`) serving a single-file torrent
+(default 1 GiB, 1 MiB pieces) to one leecher process: libtorrent
+(lt_extra.py leech), aria2, transmission or ringbit (`ringbit download`).
+Every pair is timed the same way, whoever seeds and whoever leeches:
 
-  MB/s       payload bytes / transfer time, MB = 10^6 bytes. With the libtorrent
-             seeder the transfer time is measured AT THE SEEDER, from the first
-             to the last payload byte it uploads to that leecher (so each
-             client's start-up and tracker/connect ticks do not count; aria2
-             waits in 1 s ticks, transmission up to 10 s before its first
-             request). With any other seeder: leecher wall time.
-  wall s     leecher start to leecher done (exit, or transmission's -f script).
-  CPU-s/GiB  user+sys of the leecher process tree (os.wait4 rusage, so reaped
-             children count) per GiB received, start-up included.
-  RSS MiB    the leecher's peak RSS (VmHWM from /proc/PID/status, read every
-             50 ms while it runs). libtorrent maps the files, so the page-cache
-             pages it touches count.
-  seed CPU   the seeder's user+sys per GiB served during that run (/proc/PID/stat).
+  t0  the leecher process is spawned, with the seeder already listening and
+      serving (started, data checked, idle);
+  t1  the leecher reports that it has every piece, hash-verified: libtorrent's
+      {"event":"done"} line (is_seeding), ringbit's "download finished" log
+      line, aria2's "Download complete" notice, transmission's -f script.
+      The line is timestamped by this script as it arrives on the pipe (each
+      client notices completion within 10-100 ms).
 
-The page cache is NOT dropped (that needs root and changes the machine): the
-payload is read once before the runs so every leecher is served from memory.
-Each leecher gets a fresh port and a fresh process (libtorrent will not redial
+  MB/s              payload bytes / (t1 - t0), MB = 10^6 bytes. Start-up of the
+                    leecher (process start, connect, handshake) counts, the same
+                    for every seeder it is paired with.
+  wall s            t0 to the leecher's exit (shutdown and flush included).
+  CPU-s/GiB         user+sys of the leecher process tree, whole life (os.wait4
+                    rusage, so reaped children count), per GiB received.
+  RSS MiB           the leecher's peak RSS (VmHWM, read every 50 ms while it runs).
+  seed CPU-s/GiB    user+sys of the seeder process between t0 and t1
+                    (/proc/PID/stat, 10 ms ticks), per GiB served.
+  seed RSS MiB      the seeder's peak RSS between t0 and t1: its VmHWM is reset
+                    (/proc/PID/clear_refs, "5") before each run. Pages of mapped
+                    files that a seeder touches count (libtorrent maps its files).
+
+Modes:
+  --compare   (the issue 6 targets, in ONE invocation) three pairs:
+              libtorrent leecher from `ringbit seed` and from a libtorrent
+              seeder, and ringbit->ringbit (`ringbit seed` -> `ringbit
+              download`, the two processes `ringbit bench` runs), with
+              libtorrent->libtorrent as the reference; prints the ratios the
+              targets name (rate >= 1.2x and seeder CPU <= 0.5x for the same
+              libtorrent leecher; ringbit->ringbit rate >= 1.5x lt->lt).
+  default     one seeder (--seeder) and each of --leechers.
+
+Runs interleave the pairs (--runs rounds; each round runs every pair once, in
+an order rotated per round) so drift on a shared machine spreads evenly; the
+tables show medians. Seeders live for the whole invocation (one per kind);
+every leecher is a fresh process on a fresh port (libtorrent will not redial
 an ip:port for 60 s; transmission must be restarted between runs), and its
 output is compared with the payload after the run (--no-check skips that).
+The 1-minute load average is printed with every run: other work on the
+machine skews every number.
 
-ringbit entries are skipped with a note while the binary lacks the `download`
-(issue 5) or `seed` (issue 6) subcommand; once they exist they run with no
-change (build with `cargo build --release`, or point --ringbit at the binary).
+The page cache is NOT dropped (that needs root and changes the machine): the
+payload is read once before the runs so every seeder serves from memory.
 
 Peers: libtorrent and ringbit leechers dial the seeder (--peer); aria2 finds it
 through a private opentracker the benchmark announces the seeder to; the
-libtorrent seeder dials transmission (which never dials 127.0.0.1 itself).
+libtorrent seeder dials transmission (which never dials 127.0.0.1 itself), so
+transmission runs only with the libtorrent seeder.
 
 Usage:
+  cargo build --release
+  /usr/bin/python3 scripts/bench-swarm.py --compare [--size 1G] [--runs 3]
   /usr/bin/python3 scripts/bench-swarm.py [--size 1G] [--runs 3]
       [--leechers libtorrent,aria2,transmission,ringbit] [--seeder libtorrent|ringbit]
-      [--ringbit target/release/ringbit] [--workdir DIR] [--markdown]
+  common: [--ringbit target/release/ringbit] [--ringbit-flag=--backend=mmap]...
+          [--workdir DIR] [--markdown]
 """
 import argparse
 import json
 import os
 import platform
-import queue
 import shutil
 import signal
 import socket
@@ -60,6 +82,16 @@ LT_TOOL = os.path.join(REPO, "tests", "peers", "lt_tool.py")
 LT_EXTRA = os.path.join(REPO, "tests", "peers", "lt_extra.py")
 PYTHON = "/usr/bin/python3"  # python3-libtorrent is built for Debian's interpreter
 LEECHERS = ["libtorrent", "aria2", "transmission", "ringbit"]
+SEEDERS = ["libtorrent", "ringbit"]
+# --compare: (seeder, leecher) pairs; the first is the reference.
+COMPARE_PAIRS = [("libtorrent", "libtorrent"), ("ringbit", "libtorrent"), ("ringbit", "ringbit")]
+# A line a leecher prints once it has every piece verified (transmission has
+# none: its -f script makes a marker file instead).
+DONE_MARKS = {
+    "libtorrent": b'"event": "done"',
+    "ringbit": b"download finished",
+    "aria2": b"Download complete",
+}
 ARIA2_COMMON = [
     "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
     "--enable-peer-exchange=false", "--interface=127.0.0.1", "--disable-ipv6=true",
@@ -67,9 +99,9 @@ ARIA2_COMMON = [
     "--auto-file-renaming=false",
 ]
 # Bounds on every wait.
-READY_LIMIT_S = 60.0
-STOP_LIMIT_S = 20.0
-POLL_S = 0.01
+READY_LIMIT_S = 600.0  # `ringbit seed` rechecks its data before it listens
+STOP_LIMIT_S = 60.0  # a leecher's exit may flush a GiB to disk
+POLL_S = 0.005
 RSS_POLL_S = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
@@ -171,7 +203,7 @@ def machine():
 
 
 # ---------------------------------------------------------------------------
-# ringbit: present only once issues 5 and 6 land
+# ringbit
 
 def ringbit_has(binary, sub):
     """None when `binary sub` exists, else a note saying why it is skipped."""
@@ -236,37 +268,46 @@ def info_hash_of(torrent):
     return json.loads(out.stdout)["info_hash"]
 
 
+
+
+def reset_hwm(pid):
+    """Resets a process's peak RSS (VmHWM) to its current RSS, so the next
+    reading is the peak of what follows (Linux >= 4.0; our own child)."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def load_1min():
+    return os.getloadavg()[0]
+
+
 # ---------------------------------------------------------------------------
 # Seeder
 
 class Seeder:
-    """The one seeder of the run. libtorrent (tests/peers/lt_extra.py) takes
-    commands on stdin: it dials leechers that cannot dial loopback peers
-    (transmission) and times each leecher's transfer at the seeder."""
+    """One seeder process, started before the runs and kept serving. The
+    libtorrent one (tests/peers/lt_extra.py) takes commands on stdin: it
+    dials leechers that cannot dial loopback peers (transmission)."""
 
-    def __init__(self, kind, torrent, data_dir, workdir, ringbit):
+    def __init__(self, kind, torrent, data_dir, workdir, ringbit, ringbit_flags):
         self.kind = kind
         self.port = free_port()
-        self.events = queue.Queue()
         self.log = open(os.path.join(workdir, "seeder-%s.log" % kind), "wb")
         if kind == "libtorrent":
             cmd = [PYTHON, LT_EXTRA, "seed", torrent, data_dir, "--port", str(self.port),
                    "--timeout", "86400"]
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self.log)
-            threading.Thread(target=self._read_events, daemon=True).start()
+            stdin = subprocess.PIPE
         else:
-            cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port)]
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
-                                         stderr=self.log)
+            cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port),
+                   "--bind", "127.0.0.1"] + ringbit_flags
+            stdin = subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=self.log, stderr=self.log)
         wait_listening(self.proc, self.port, "%s seeder" % kind)
-
-    def _read_events(self):
-        for line in self.proc.stdout:
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                pass
+        self.hwm_resettable = reset_hwm(self.proc.pid)
 
     def send(self, line):
         self.proc.stdin.write((line + "\n").encode())
@@ -275,27 +316,11 @@ class Seeder:
     def can_dial(self):
         return self.kind == "libtorrent"
 
-    def can_time(self):
-        return self.kind == "libtorrent"
-
-    def watch(self, nbytes):
-        while not self.events.empty():
-            self.events.get_nowait()
-        self.send("watch %d" % nbytes)
-
-    def watch_result(self, limit_s):
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            try:
-                ev = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if ev.get("event") == "watch_done":
-                return ev
-        return None
-
     def cpu_s(self):
         return proc_cpu_s(self.proc.pid)
+
+    def alive(self):
+        return self.proc.poll() is None
 
     def stop(self):
         if self.proc.poll() is None:
@@ -307,57 +332,95 @@ class Seeder:
 # ---------------------------------------------------------------------------
 # Leechers
 
-def start_leecher(kind, torrent, out_dir, run_dir, seeder, tracker, ringbit):
-    """Spawns one leecher; returns (Popen, port, completion marker or None)."""
-    port = free_port()
-    log = open(os.path.join(run_dir, "leecher.log"), "wb")
-    seed_addr = "127.0.0.1:%d" % seeder.port
-    marker = None
-    dial = False  # the seeder must dial it
-    if kind == "libtorrent":
-        cmd = [PYTHON, LT_EXTRA, "leech", torrent, out_dir, "--port", str(port),
-               "--peer", seed_addr, "--timeout", "3600"]
-    elif kind == "aria2":
-        # aria2 takes peers only from trackers: the private one lists the seeder.
-        tracker.announce_seeder(seeder.port)
-        cmd = ["aria2c"] + ARIA2_COMMON + [
-            "--seed-time=0", "--file-allocation=none", "--bt-exclude-tracker=*",
-            "--bt-tracker=" + tracker.url(), "--listen-port=%d" % port, "-d", out_dir, torrent]
-    elif kind == "transmission":
-        config = os.path.join(run_dir, "config")
-        os.makedirs(config)
-        with open(os.path.join(config, "settings.json"), "w") as f:
-            json.dump({
-                "dht-enabled": False, "utp-enabled": False, "lpd-enabled": False,
-                "pex-enabled": False, "port-forwarding-enabled": False, "encryption": 0,
-                "peer-port": port, "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
-                "blocklist-enabled": False, "speed-limit-down-enabled": False,
-                "speed-limit-up-enabled": False, "alt-speed-enabled": False,
-                "rpc-enabled": False, "incomplete-dir-enabled": False, "message-level": 2,
-            }, f)
-        marker = os.path.join(run_dir, "complete")
-        script = os.path.join(run_dir, "on-complete.sh")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\n: > '%s'\n" % marker)
-        os.chmod(script, 0o755)
-        # transmission never dials 127.0.0.1 peers: the seeder dials it.
-        cmd = ["transmission-cli", "-g", config, "-p", str(port), "-f", script, "-M", "-D", "-U",
-               "-w", out_dir, torrent]
-        dial = True
-    elif kind == "ringbit":
-        cmd = [ringbit, "download", torrent, "-o", out_dir, "--port", str(port),
-               "--peer", seed_addr]
-    else:
-        die("unknown leecher %s" % kind)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    LIVE[proc.pid] = proc
-    log.close()
-    wait_listening(proc, port, kind)
-    if dial:
-        seeder.send("connect 127.0.0.1:%d" % port)
-    return proc, port, marker
+class Leecher:
+    """One leecher process. Its stdout and stderr go through a pipe to its log;
+    the time its completion line arrives is kept (time.monotonic())."""
+
+    def __init__(self, kind, torrent, run_dir, seeder, tracker, a):
+        self.kind = kind
+        self.done_at = None
+        self.out_dir = os.path.join(run_dir, "out")
+        os.makedirs(self.out_dir)
+        port = free_port()
+        seed_addr = "127.0.0.1:%d" % seeder.port
+        self.marker = None
+        dial = False  # the seeder must dial it
+        if kind == "libtorrent":
+            cmd = [PYTHON, LT_EXTRA, "leech", torrent, self.out_dir, "--port", str(port),
+                   "--peer", seed_addr, "--timeout", "3600"]
+        elif kind == "aria2":
+            # aria2 takes peers only from trackers: the private one lists the seeder.
+            tracker.announce_seeder(seeder.port)
+            cmd = ["aria2c"] + ARIA2_COMMON + [
+                "--seed-time=0", "--file-allocation=none", "--bt-exclude-tracker=*",
+                "--bt-tracker=" + tracker.url(), "--listen-port=%d" % port, "-d", self.out_dir,
+                torrent]
+        elif kind == "transmission":
+            config = os.path.join(run_dir, "config")
+            os.makedirs(config)
+            with open(os.path.join(config, "settings.json"), "w") as f:
+                json.dump({
+                    "dht-enabled": False, "utp-enabled": False, "lpd-enabled": False,
+                    "pex-enabled": False, "port-forwarding-enabled": False, "encryption": 0,
+                    "peer-port": port, "bind-address-ipv4": "127.0.0.1",
+                    "bind-address-ipv6": "::1", "blocklist-enabled": False,
+                    "speed-limit-down-enabled": False, "speed-limit-up-enabled": False,
+                    "alt-speed-enabled": False, "rpc-enabled": False,
+                    "incomplete-dir-enabled": False, "message-level": 2,
+                }, f)
+            self.marker = os.path.join(run_dir, "complete")
+            script = os.path.join(run_dir, "on-complete.sh")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\n: > '%s'\n" % self.marker)
+            os.chmod(script, 0o755)
+            # transmission never dials 127.0.0.1 peers: the seeder dials it.
+            cmd = ["transmission-cli", "-g", config, "-p", str(port), "-f", script, "-M", "-D",
+                   "-U", "-w", self.out_dir, torrent]
+            dial = True
+        elif kind == "ringbit":
+            # -v: the "download finished" line; a state dir of its own, so
+            # runs do not share resume state.
+            cmd = [a.ringbit, "-v", "download", torrent, "-o", self.out_dir, "--port", str(port),
+                   "--bind", "127.0.0.1", "--no-trackers", "--peer", seed_addr,
+                   "--state-dir", os.path.join(run_dir, "state")] + a.ringbit_flag
+        else:
+            die("unknown leecher %s" % kind)
+        self.log_path = os.path.join(run_dir, "leecher.log")
+        self.log = open(self.log_path, "wb")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        LIVE[self.proc.pid] = self.proc
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if dial:
+            wait_listening(self.proc, port, kind)
+            seeder.send("connect 127.0.0.1:%d" % port)
+
+    def _read(self):
+        mark = DONE_MARKS.get(self.kind)
+        # readline on the raw pipe: a line is seen as soon as it is written.
+        for line in iter(self.proc.stdout.readline, b""):
+            if mark and self.done_at is None and mark in line:
+                self.done_at = time.monotonic()
+            self.log.write(line)
+        self.log.close()
+
+    def done(self):
+        if self.marker and self.done_at is None and os.path.exists(self.marker):
+            self.done_at = time.monotonic()
+        return self.done_at is not None
 
 
+def log_tail(run_dir, lines=30):
+    """The end of a leecher's log, for error messages (the work dir is removed)."""
+    try:
+        with open(os.path.join(run_dir, "leecher.log"), "rb") as f:
+            text = f.read().decode("utf-8", "replace").replace("\r", "\n")
+    except OSError:
+        return "(no log)"
+    kept = [l for l in text.splitlines() if l.strip()][-lines:]
+    return "\n".join("    " + l for l in kept)
 def log_tail(run_dir, lines=30):
     """The end of a leecher's log, for error messages (the work dir is removed)."""
     try:
@@ -395,69 +458,81 @@ def stop(proc, sig):
     return got
 
 
-def run_once(kind, a, torrent, payload, workdir, seeder, tracker, run_no):
-    run_dir = os.path.join(workdir, "run-%s-%d" % (kind, run_no))
-    out_dir = os.path.join(run_dir, "out")
-    os.makedirs(out_dir)
-    if seeder.can_time():
-        seeder.watch(a.size)
+
+
+def run_once(pair, a, torrent, payload, workdir, seeders, tracker, run_no):
+    seeder_kind, kind = pair
+    seeder = seeders[seeder_kind]
+    if not seeder.alive():
+        die("the %s seeder exited (%s)" % (seeder_kind, seeder.proc.returncode))
+    run_dir = os.path.join(workdir, "run-%s-%s-%d" % (seeder_kind, kind, run_no))
+    os.makedirs(run_dir)
+    load = load_1min()
+    reset_hwm(seeder.proc.pid)
     seed_cpu0 = seeder.cpu_s()
-    t0 = time.monotonic()
-    proc, port, marker = start_leecher(kind, torrent, out_dir, run_dir, seeder, tracker,
-                                       a.ringbit)
-    deadline = t0 + a.timeout
-    reaped = None
+    leecher = Leecher(kind, torrent, run_dir, seeder, tracker, a)
+    proc = leecher.proc
+    deadline = leecher.t0 + a.timeout
     hwm_kib = 0
+    seed_hwm_kib = 0
     next_hwm = 0.0
+    seed_cpu = None
+    reaped = None
     while True:
         now = time.monotonic()
+        if seed_cpu is None and leecher.done():
+            # t1: read the seeder first, then let the leecher finish.
+            seed_cpu = seeder.cpu_s() - seed_cpu0
+            seed_hwm_kib = vm_hwm_kib(seeder.proc.pid)
+            hwm_kib = max(hwm_kib, vm_hwm_kib(proc.pid))
+            if leecher.marker:
+                reaped = stop(proc, signal.SIGINT)  # transmission stops cleanly on SIGINT only
+                wall = time.monotonic() - leecher.t0
+                break
         if now >= next_hwm:
             # VmHWM only grows: the last reading before exit is within
             # RSS_POLL_S of the true peak's time, never above it.
             hwm_kib = max(hwm_kib, vm_hwm_kib(proc.pid))
             next_hwm = now + RSS_POLL_S
-        if marker and os.path.exists(marker):
-            hwm_kib = max(hwm_kib, vm_hwm_kib(proc.pid))
-            wall = time.monotonic() - t0
-            reaped = stop(proc, signal.SIGINT)  # transmission stops cleanly on SIGINT only
-            break
         got = reap(proc, 0)
         if got is not None:
-            wall = time.monotonic() - t0
+            wall = time.monotonic() - leecher.t0
             reaped = got
-            if marker or got[0] != 0:
+            if got[0] != 0 or leecher.marker:
                 die("%s exited with %s before completing; its log:\n%s"
                     % (kind, got[0], log_tail(run_dir)))
             break
-        if time.monotonic() > deadline:
+        if now > deadline:
             stop(proc, signal.SIGKILL)
             die("%s did not complete within %ss; its log:\n%s"
                 % (kind, a.timeout, log_tail(run_dir)))
         time.sleep(POLL_S)
+    leecher.reader.join(timeout=STOP_LIMIT_S)
+    if leecher.done_at is None:
+        die("%s exited 0 but never reported completion (%r); its log:\n%s"
+            % (kind, DONE_MARKS.get(kind), log_tail(run_dir)))
+    if seed_cpu is None:  # the line and the exit came within one poll
+        seed_cpu = seeder.cpu_s() - seed_cpu0
+        seed_hwm_kib = vm_hwm_kib(seeder.proc.pid)
     _, ru = reaped
-    seed_cpu = seeder.cpu_s() - seed_cpu0
-    transfer = wall
-    if seeder.can_time():
-        ev = seeder.watch_result(30.0)
-        if ev is None or ev.get("timeout") or ev.get("first") is None:
-            die("the seeder did not see %d bytes go to %s: %r" % (a.size, kind, ev))
-        transfer = ev["last"] - ev["first"]
+    transfer = leecher.done_at - leecher.t0
     if not a.no_check:
-        got_path = os.path.join(out_dir, os.path.basename(payload))
+        got_path = os.path.join(leecher.out_dir, os.path.basename(payload))
         if subprocess.run(["cmp", "-s", payload, got_path], timeout=600).returncode != 0:
-            die("%s: %s differs from the payload" % (kind, got_path))
+            die("%s -> %s: %s differs from the payload" % (seeder_kind, kind, got_path))
     shutil.rmtree(run_dir)
     os.sync()  # the next run should not pay for this one's writeback
     time.sleep(1.0)
     return {
         "mbps": a.size / transfer / 1e6,
+        "transfer": transfer,
         "wall": wall,
         "cpu_per_gib": (ru.ru_utime + ru.ru_stime) / (a.size / GIB),
         "rss_mib": hwm_kib / 1024.0,
         "seed_cpu_per_gib": seed_cpu / (a.size / GIB),
+        "seed_rss_mib": seed_hwm_kib / 1024.0,
+        "load": load,
     }
-
-
 # ---------------------------------------------------------------------------
 
 def make_payload(path, size):
@@ -492,18 +567,29 @@ def fmt_markdown(rows, cols):
     return "\n".join(out)
 
 
+
+
+def pair_name(pair):
+    return "%s -> %s" % pair
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=GIB, help="payload size (1G, 256M...)")
     ap.add_argument("--piece-log2", type=int, default=20, help="piece size 2^N (20 = 1 MiB)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compare", action="store_true",
+                    help="the issue 6 targets in one run: lt->lt, ringbit->lt, ringbit->ringbit")
     ap.add_argument("--leechers", default=",".join(LEECHERS))
-    ap.add_argument("--seeder", choices=["libtorrent", "ringbit"], default="libtorrent")
+    ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
     ap.add_argument("--ringbit", default=os.path.join(REPO, "target", "release", "ringbit"))
+    ap.add_argument("--ringbit-flag", action="append", default=[], metavar="FLAG",
+                    help="extra flag for every ringbit process (repeat; e.g. "
+                    "--ringbit-flag=--backend=mmap)")
     ap.add_argument("--workdir", help="where payload and downloads go (default: a temp dir)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per leecher run")
     ap.add_argument("--no-check", action="store_true", help="do not compare the bytes")
-    ap.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    ap.add_argument("--markdown", action="store_true", help="also print markdown tables")
     a = ap.parse_args()
     if a.runs < 1 or a.size < 1:
         die("--runs and --size must be positive")
@@ -511,25 +597,28 @@ def main():
         if not shutil.which(tool):
             die("%s is not installed: run scripts/install-test-peers.sh" % tool)
 
-    leechers = [k.strip() for k in a.leechers.split(",") if k.strip()]
     notes = []
-    if "ringbit" in leechers:
-        note = ringbit_has(a.ringbit, "download")
-        if note:
-            notes.append("ringbit leecher skipped: " + note)
-            leechers.remove("ringbit")
-    if a.seeder == "ringbit":
-        note = ringbit_has(a.ringbit, "seed")
-        if note:
-            die("--seeder ringbit: " + note)
+    if a.compare:
+        pairs = list(COMPARE_PAIRS)
+    else:
+        pairs = [(a.seeder, k.strip()) for k in a.leechers.split(",") if k.strip()]
+    for sub, role in (("download", "leecher"), ("seed", "seeder")):
+        uses = [p for p in pairs if p[0 if role == "seeder" else 1] == "ringbit"]
+        if uses:
+            note = ringbit_has(a.ringbit, sub)
+            if note:
+                if a.compare or role == "seeder":
+                    die("ringbit %s: %s" % (role, note))
+                notes.append("ringbit %s skipped: %s" % (role, note))
+                pairs = [p for p in pairs if p not in uses]
+    if ("ringbit", "transmission") in pairs:
         # transmission never dials a 127.0.0.1 peer, and ringbit seed cannot be
         # told to dial one from here.
-        if "transmission" in leechers:
-            leechers.remove("transmission")
-            notes.append("transmission leecher skipped with the ringbit seeder: it must be "
-                         "dialled by the seeder, which only lt_extra.py can be told to do")
-    if not leechers:
-        die("no leecher to run")
+        pairs.remove(("ringbit", "transmission"))
+        notes.append("transmission leecher skipped with the ringbit seeder: it must be "
+                     "dialled by the seeder, which only lt_extra.py can be told to do")
+    if not pairs:
+        die("no seeder/leecher pair to run")
 
     workdir = a.workdir or tempfile.mkdtemp(prefix="bench-swarm-")
     os.makedirs(workdir, exist_ok=True)
@@ -537,8 +626,10 @@ def main():
     os.makedirs(data_dir, exist_ok=True)
     payload = os.path.join(data_dir, "payload.bin")
     torrent = os.path.join(workdir, "payload.torrent")
-    seeder = None
+    seeders = {}
     tracker = None
+    results = {p: [] for p in pairs}
+    rounds = []
     try:
         t = time.monotonic()
         if not (os.path.exists(payload) and os.path.getsize(payload) == a.size):
@@ -551,70 +642,110 @@ def main():
         print("payload %.0f MiB, %d KiB pieces, ready in %.1fs (page cache warm, not dropped)"
               % (a.size / (1 << 20), (1 << a.piece_log2) >> 10, time.monotonic() - t),
               flush=True)
-        tracker = Tracker(info_hash_of(torrent), workdir)
-        load_before = os.getloadavg()[0]
-        seeder = Seeder(a.seeder, torrent, data_dir, workdir, a.ringbit)
-        results = {k: [] for k in leechers}
+        if any(p[1] == "aria2" for p in pairs):
+            tracker = Tracker(info_hash_of(torrent), workdir)
+        load_before = load_1min()
+        for kind in sorted({p[0] for p in pairs}):
+            seeders[kind] = Seeder(kind, torrent, data_dir, workdir, a.ringbit, a.ringbit_flag)
+            if not seeders[kind].hwm_resettable:
+                notes.append("%s seeder: cannot reset VmHWM; its peak RSS is since start"
+                             % kind)
         for run in range(a.runs):
-            for kind in leechers:
-                r = run_once(kind, a, torrent, payload, workdir, seeder, tracker, run)
-                results[kind].append(r)
-                print("  run %d %-12s %7.1f MB/s  wall %6.2fs  %5.2f CPU-s/GiB  %6.0f MiB RSS  "
-                      "seeder %5.2f CPU-s/GiB" % (run + 1, kind, r["mbps"], r["wall"],
-                                                 r["cpu_per_gib"], r["rss_mib"],
-                                                 r["seed_cpu_per_gib"]), flush=True)
+            order = pairs[run % len(pairs):] + pairs[:run % len(pairs)]
+            this_round = {}
+            for pair in order:
+                r = run_once(pair, a, torrent, payload, workdir, seeders, tracker, run)
+                results[pair].append(r)
+                this_round[pair] = r
+                print("  run %d %-26s %7.1f MB/s  %6.2fs (wall %6.2fs)  leecher %5.2f CPU-s/GiB "
+                      "%5.0f MiB  seeder %5.2f CPU-s/GiB %5.0f MiB  load %.1f"
+                      % (run + 1, pair_name(pair), r["mbps"], r["transfer"], r["wall"],
+                         r["cpu_per_gib"], r["rss_mib"], r["seed_cpu_per_gib"],
+                         r["seed_rss_mib"], r["load"]), flush=True)
+            rounds.append(this_round)
     finally:
         for proc in list(LIVE.values()):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=STOP_LIMIT_S)
-        if seeder:
+        for seeder in seeders.values():
             seeder.stop()
         if tracker:
             tracker.stop()
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
-    rate_how = "at the seeder" if a.seeder == "libtorrent" else "leecher wall time"
-    cols = ["leecher", "MB/s", "wall s", "CPU-s/GiB", "peak RSS MiB", "seeder CPU-s/GiB"]
-    rows = [[k, "%.0f" % m["mbps"], "%.2f" % m["wall"], "%.2f" % m["cpu_per_gib"],
-             "%.0f" % m["rss_mib"], "%.2f" % m["seed_cpu_per_gib"]] for k, m in med.items()]
-    refs = [r for r in ("libtorrent", "ringbit") if r in med]
-    ratio_cols = ["leecher"]
-    for ref in refs:
-        ratio_cols += ["rate/%s" % ref, "CPU/%s" % ref, "RSS/%s" % ref]
-    ratio_rows = []
-    for k, m in med.items():
-        row = [k]
-        for ref in refs:
-            b = med[ref]
-            row += ["%.2fx" % (m["mbps"] / b["mbps"]), "%.2fx" % (m["cpu_per_gib"] / b["cpu_per_gib"]),
-                    "%.2fx" % (m["rss_mib"] / b["rss_mib"])]
-        ratio_rows.append(row)
+    med = {p: {m: statistics.median(r[m] for r in v) for m in v[0]} for p, v in results.items()}
+    cols = ["seeder -> leecher", "MB/s", "transfer s", "wall s", "leecher CPU-s/GiB",
+            "leecher RSS MiB", "seeder CPU-s/GiB", "seeder RSS MiB"]
+    rows = [[pair_name(p), "%.0f" % m["mbps"], "%.2f" % m["transfer"], "%.2f" % m["wall"],
+             "%.2f" % m["cpu_per_gib"], "%.0f" % m["rss_mib"], "%.2f" % m["seed_cpu_per_gib"],
+             "%.0f" % m["seed_rss_mib"]] for p, m in med.items()]
+    loads = [r["load"] for v in results.values() for r in v]
 
     print()
-    print("%s seeder, %.0f MiB, %d KiB pieces, median of %d run(s); MB/s measured %s"
-          % (a.seeder, a.size / (1 << 20), (1 << a.piece_log2) >> 10, a.runs, rate_how))
+    print("%.0f MiB, %d KiB pieces, median of %d run(s); every pair timed from leecher "
+          "start to leecher has every piece verified"
+          % (a.size / (1 << 20), (1 << a.piece_log2) >> 10, a.runs))
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + " on " + machine())
-    print("load average (1 min) %.1f before, %.1f after: other work on the machine skews "
-          "every number" % (load_before, os.getloadavg()[0]))
-    print("peers: libtorrent %s, %s, %s" % (
+    print("load average (1 min): %.1f before, %.1f-%.1f during runs, %.1f after: other "
+          "work on the machine skews every number"
+          % (load_before, min(loads), max(loads), load_1min()))
+    print("peers: libtorrent %s, %s, %s; ringbit flags: %s" % (
         tool_version([PYTHON, "-c", "import libtorrent; print(libtorrent.__version__)"]),
-        tool_version(["aria2c", "--version"]), tool_version(["transmission-cli", "--version"])))
+        tool_version(["aria2c", "--version"]), tool_version(["transmission-cli", "--version"]),
+        " ".join(a.ringbit_flag) or "(defaults)"))
     print()
     print(fmt_table(rows, cols))
-    if refs:
+    tables = [(rows, cols)]
+
+    # Ratios against a reference pair with the same leecher (the seeder is
+    # what differs) or, in --compare, against libtorrent -> libtorrent.
+    ref = ("libtorrent", "libtorrent") if a.compare else None
+    ratio_cols = ["seeder -> leecher", "reference", "rate", "seeder CPU", "seeder RSS",
+                  "rate per round"]
+    ratio_rows = []
+    for p, m in med.items():
+        if a.compare:
+            base = ref
+        else:
+            base = ("libtorrent", p[1]) if a.seeder != "libtorrent" else ("libtorrent",
+                                                                             "libtorrent")
+        if base not in med or base == p:
+            continue
+        b = med[base]
+        per_round = ["%.2f" % (r[p]["mbps"] / r[base]["mbps"]) for r in rounds
+                     if p in r and base in r]
+        ratio_rows.append([pair_name(p), pair_name(base), "%.2fx" % (m["mbps"] / b["mbps"]),
+                           "%.2fx" % (m["seed_cpu_per_gib"] / b["seed_cpu_per_gib"]),
+                           "%.2fx" % (m["seed_rss_mib"] / max(b["seed_rss_mib"], 1e-9)),
+                           " ".join(per_round)])
+    if ratio_rows:
         print()
         print(fmt_table(ratio_rows, ratio_cols))
+        tables.append((ratio_rows, ratio_cols))
+    if a.compare:
+        lt, rb_lt, rb_rb = (med[p] for p in COMPARE_PAIRS)
+        checks = [
+            ("(a) rate, libtorrent leecher: ringbit seed / libtorrent seed",
+             rb_lt["mbps"] / lt["mbps"], ">= 1.20", rb_lt["mbps"] / lt["mbps"] >= 1.2),
+            ("(a) seeder CPU per GiB: ringbit seed / libtorrent seed",
+             rb_lt["seed_cpu_per_gib"] / lt["seed_cpu_per_gib"], "<= 0.50",
+             rb_lt["seed_cpu_per_gib"] / lt["seed_cpu_per_gib"] <= 0.5),
+            ("(b) rate: ringbit->ringbit / libtorrent->libtorrent",
+             rb_rb["mbps"] / lt["mbps"], ">= 1.50", rb_rb["mbps"] / lt["mbps"] >= 1.5),
+        ]
+        target_cols = ["target", "measured", "wanted", "met"]
+        target_rows = [[n, "%.2fx" % v, w, "yes" if ok else "NO"] for n, v, w, ok in checks]
+        print()
+        print(fmt_table(target_rows, target_cols))
+        tables.append((target_rows, target_cols))
     for n in notes:
         print("note: " + n)
     if a.markdown:
-        print()
-        print(fmt_markdown(rows, cols))
-        if refs:
+        for r, c in tables:
             print()
-            print(fmt_markdown(ratio_rows, ratio_cols))
+            print(fmt_markdown(r, c))
 
 
 if __name__ == "__main__":
