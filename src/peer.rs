@@ -938,6 +938,37 @@ impl Peer {
         self.out.extend_from_slice(data);
     }
 
+    /// Queues a `piece` message for `request` whose data `fill` appends
+    /// straight to the outgoing buffer: storage that reads at once copies the
+    /// block once, into the bytes the driver will send, with no staging
+    /// buffer. `fill` must append exactly `request.length` bytes or fail; on
+    /// failure nothing stays queued and nothing is counted. Counts the upload
+    /// like [`Peer::upload_header`].
+    pub fn send_block_with<E>(
+        &mut self,
+        request: BlockRequest,
+        now: Instant,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.out.len();
+        let end = start + PIECE_HEADER_LEN + request.length as usize;
+        self.out.reserve(end - start);
+        self.out.extend_from_slice(&wire::piece_header(
+            request.piece,
+            request.begin,
+            request.length,
+        ));
+        if let Err(e) = fill(&mut self.out) {
+            self.out.truncate(start);
+            return Err(e);
+        }
+        // The storage contract, not peer input: a short or long block would
+        // corrupt the stream for every message after it.
+        assert_eq!(self.out.len(), end, "fill appended the wrong number of bytes");
+        let _ = self.upload_header(request, now);
+        Ok(())
+    }
+
     // ---- state ------------------------------------------------------------
 
     /// Handshakes exchanged.

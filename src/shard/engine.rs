@@ -571,6 +571,21 @@ impl TorrentTask {
                     let task = self.clone();
                     tokio_uring::spawn(async move { task.write_piece(piece, data).await });
                 }
+                Action::ReadBlock { conn, request } if self.store.reads_at_once() => {
+                    // Straight into the connection's outgoing bytes: no
+                    // task, no staging buffer, one copy. Served within the
+                    // drain that follows the core call which asked for it,
+                    // so `conn` is still the connection that asked (ids are
+                    // reused only when the driver adds a connection).
+                    let store = &self.store;
+                    let result =
+                        self.core.borrow_mut().serve_block(conn, request, Instant::now(), |out| {
+                            store.append_block(request.piece, request.begin, request.length, out)
+                        });
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "read for upload");
+                    }
+                }
                 Action::ReadBlock { conn, request } => {
                     let task = self.clone();
                     let buf = self.ctx.block_buffers.take();

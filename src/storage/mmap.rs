@@ -10,8 +10,8 @@
 //! Remaining hazard, documented rather than handled: another process
 //! truncating a mapped file makes accesses past its new end raise SIGBUS.
 
-use super::{read_block_with, write_piece_with, OpenFile, StorageError};
-use crate::layout::Layout;
+use super::{append_block_with, read_block_with, write_piece_with, OpenFile, StorageError};
+use crate::layout::{FileSpan, Layout};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 struct Mapped {
@@ -85,20 +85,46 @@ impl MmapStore {
         buf: &mut Vec<u8>,
     ) -> Result<usize, StorageError> {
         read_block_with(&self.layout, index, begin, len, buf, |span, out| {
-            let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
-            assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
-            // SAFETY: in bounds of the live mapping (asserted above); `out` is
-            // our own buffer, distinct from the mapping; blocks are read only
-            // from verified pieces, which are never written again.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    m.map.as_ptr().add(span.file_offset as usize),
-                    out.as_mut_ptr(),
-                    out.len(),
-                );
-            }
+            self.copy_span(span, out);
             Ok(())
         })
+    }
+
+    /// Appends a block to `out` (see [`super::PieceStore::append_block`]).
+    pub fn append_block(
+        &self,
+        index: u32,
+        begin: u32,
+        len: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        append_block_with(&self.layout, index, begin, len, out, |span, out| {
+            self.copy_span(span, out);
+            Ok(())
+        })
+    }
+
+    /// Appends the span's bytes from the mapping to `out` (one copy, no
+    /// zero-fill first).
+    fn copy_span(&self, span: &FileSpan, out: &mut Vec<u8>) {
+        let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");
+        assert!(span.file_offset + span.len as u64 <= m.map.len() as u64);
+        let len = span.len as usize;
+        out.reserve(len);
+        // SAFETY: the source is in bounds of the live mapping (asserted
+        // above); the destination is `len` bytes of `out`'s spare capacity
+        // (reserved above), our own heap memory, distinct from the mapping;
+        // blocks are read only from verified pieces, which are never written
+        // again. After the copy those `len` bytes are initialised, so the
+        // length may cover them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                m.map.as_ptr().add(span.file_offset as usize),
+                out.as_mut_ptr().add(out.len()),
+                len,
+            );
+            out.set_len(out.len() + len);
+        }
     }
 
     pub fn flush(&self) -> Result<(), StorageError> {

@@ -313,28 +313,52 @@ pub(crate) fn write_piece_with(
     Ok(())
 }
 
-/// Fills `buf` with `len` bytes at `begin` of piece `index`: pad spans as
-/// zeros, every file span through `read_span(span, out)`. The sync backends
-/// share this walk and differ only in how one span is copied.
+/// Appends the `len` bytes at `begin` of piece `index` to `out`: pad spans
+/// as zeros, every file span through `append_span(span, out)`, which must
+/// append exactly `span.len` bytes. Nothing is zero-filled first (a block is
+/// copied once, straight into `out`). On error `out` is cut back to its
+/// length before the call. The sync backends share this walk and differ only
+/// in how one span is copied.
+pub(crate) fn append_block_with(
+    layout: &Layout,
+    index: u32,
+    begin: u32,
+    len: u32,
+    out: &mut Vec<u8>,
+    mut append_span: impl FnMut(&FileSpan, &mut Vec<u8>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    check_block(layout, index, begin, len)?;
+    let start = out.len();
+    out.reserve(len as usize);
+    for span in layout.block_spans(index, begin, len) {
+        let before = out.len();
+        let result = if span.pad {
+            out.resize(before + span.len as usize, 0);
+            Ok(())
+        } else {
+            append_span(&span, out)
+        };
+        if let Err(e) = result {
+            out.truncate(start);
+            return Err(e);
+        }
+        debug_assert_eq!(out.len() - before, span.len as usize);
+    }
+    Ok(())
+}
+
+/// Fills `buf` (cleared first) with the `len` bytes at `begin` of piece
+/// `index`, through [`append_block_with`].
 pub(crate) fn read_block_with(
     layout: &Layout,
     index: u32,
     begin: u32,
     len: u32,
     buf: &mut Vec<u8>,
-    mut read_span: impl FnMut(&FileSpan, &mut [u8]) -> Result<(), StorageError>,
+    append_span: impl FnMut(&FileSpan, &mut Vec<u8>) -> Result<(), StorageError>,
 ) -> Result<usize, StorageError> {
-    check_block(layout, index, begin, len)?;
     buf.clear();
-    buf.resize(len as usize, 0);
-    for span in layout.block_spans(index, begin, len) {
-        let out = &mut buf[(span.piece_offset - begin) as usize..][..span.len as usize];
-        if span.pad {
-            out.fill(0);
-            continue;
-        }
-        read_span(&span, out)?;
-    }
+    append_block_with(layout, index, begin, len, buf, append_span)?;
     Ok(len as usize)
 }
 
@@ -430,6 +454,31 @@ impl PieceStore {
                 (r, buf)
             }
             PieceStore::Uring(s) => s.read_block(index, begin, len, buf).await,
+        }
+    }
+
+    /// True when reads complete at once (the mmap and pwrite backends), so
+    /// [`PieceStore::append_block`] can serve a block with no await.
+    pub fn reads_at_once(&self) -> bool {
+        !matches!(self, PieceStore::Uring(_))
+    }
+
+    /// Appends the `len` bytes at `begin` of piece `index` to `out` (the
+    /// sync backends: one copy, straight into the caller's buffer, nothing
+    /// zero-filled). On error `out` keeps its length from before the call.
+    /// The io_uring backend answers [`StorageError::NotInUringRuntime`]: use
+    /// [`PieceStore::read_block`] with it.
+    pub fn append_block(
+        &self,
+        index: u32,
+        begin: u32,
+        len: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        match self {
+            PieceStore::Mmap(s) => s.append_block(index, begin, len, out),
+            PieceStore::Pwrite(s) => s.append_block(index, begin, len, out),
+            PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
         }
     }
 
@@ -581,6 +630,50 @@ mod tests {
     #[test]
     fn round_trip_uring() {
         round_trip(Backend::Uring);
+    }
+
+    /// append_block adds exactly the block after what `out` already holds
+    /// (pad bytes as zeros) and leaves `out` as it was on error.
+    #[test]
+    fn append_block_appends_after_existing_bytes_and_cuts_back_on_error() {
+        let info = info(16, &[("a", 5, false), ("pad", 11, true), ("b", 37, false)]);
+        let mut data = stream(info.total_length as usize);
+        data[5..16].fill(0);
+        for backend in [Backend::Mmap, Backend::Pwrite] {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                PieceStore::open(&info, dir.path(), StoreOptions { backend, ..Default::default() })
+                    .unwrap();
+            assert!(store.reads_at_once());
+            for i in 0..store.layout().piece_count() {
+                let s = i as usize * 16;
+                store.write_piece_sync(i, &data[s..(s + 16).min(data.len())]).unwrap();
+            }
+            let mut out = b"head".to_vec();
+            store.append_block(0, 3, 13, &mut out).unwrap();
+            store.append_block(1, 0, 16, &mut out).unwrap();
+            let mut want = b"head".to_vec();
+            want.extend_from_slice(&data[3..32]);
+            assert_eq!(out, want, "{backend:?}");
+            let r = store.append_block(0, 10, 7, &mut out);
+            assert!(matches!(r, Err(StorageError::BlockOutOfRange { .. })));
+            assert_eq!(out, want, "{backend:?}: untouched after a refused read");
+        }
+        // A file cut short under the pwrite store: the read fails and `out`
+        // is cut back to what it held (the mmap store would fault: see the
+        // module docs).
+        let dir = tempfile::tempdir().unwrap();
+        let store = PieceStore::open(&info, dir.path(), StoreOptions::default()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t").join("b"))
+            .unwrap()
+            .set_len(20)
+            .unwrap();
+        let mut out = b"head".to_vec();
+        let r = store.append_block(2, 0, 16, &mut out);
+        assert!(matches!(r, Err(StorageError::Io { .. })), "{r:?}");
+        assert_eq!(out, b"head");
     }
 
     #[test]

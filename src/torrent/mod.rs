@@ -936,6 +936,44 @@ impl TorrentCore {
         self.start_uploads(conn, now);
     }
 
+    /// Serves `request` (asked for by an [`Action::ReadBlock`]) from storage
+    /// that reads at once: `read` appends the block straight to the
+    /// connection's outgoing bytes (one copy, no staging buffer). Otherwise
+    /// the same as [`TorrentCore::block_read`]: a failed read, or a peer we
+    /// choked meanwhile, gets a reject and its tokens back; a read error is
+    /// handed back.
+    pub fn serve_block<E>(
+        &mut self,
+        conn: ConnId,
+        request: BlockRequest,
+        now: Instant,
+        read: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let shared = self.process_limits.as_deref().map(|p| &p.upload);
+        let Some(c) = self.conns.get_mut(conn) else {
+            self.upload_abandoned(request);
+            return Ok(());
+        };
+        c.upload_reads = c.upload_reads.saturating_sub(1);
+        let mut result = Ok(());
+        let served = c.peer.may_upload(request.piece)
+            && match c.peer.send_block_with(request, now, read) {
+                Ok(()) => true,
+                Err(e) => {
+                    result = Err(e);
+                    false
+                }
+            };
+        if served {
+            self.stats.uploaded_bytes += u64::from(request.length);
+        } else {
+            c.peer.reject(request, now);
+            self.upload_gate.give_back(shared, u64::from(request.length));
+        }
+        self.start_uploads(conn, now);
+        result
+    }
+
     /// A block read for an upload (an [`Action::ReadBlock`]) will not be
     /// delivered: its connection is gone. Its upload tokens are returned.
     pub fn upload_abandoned(&mut self, request: BlockRequest) {
@@ -1334,6 +1372,57 @@ mod serve_tests {
             .iter()
             .any(|a| matches!(a, Action::ReadBlock { request, .. } if request.piece == 0)));
         assert!(!actions.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    /// The request of the one ReadBlock among the queued actions.
+    fn read_asked(core: &mut TorrentCore) -> BlockRequest {
+        let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+        let reads: Vec<BlockRequest> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReadBlock { request, .. } => Some(*request),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reads.len(), 1, "{actions:?}");
+        reads[0]
+    }
+
+    /// serve_block puts the piece message (header and the bytes the reader
+    /// appended) in the outgoing stream and counts it; a failed read becomes
+    /// a reject, with nothing of the block left queued.
+    #[test]
+    fn served_blocks_go_straight_to_the_stream_and_failed_reads_are_rejected() {
+        let (mut core, conn, now) = partial_seed();
+        core.on_data(conn, &request(0), now);
+        let r = read_asked(&mut core);
+        let served = core.serve_block(conn, r, now, |out: &mut Vec<u8>| {
+            out.extend((0..r.length).map(|i| i as u8));
+            Ok::<(), ()>(())
+        });
+        assert_eq!(served, Ok(()));
+        assert_eq!(core.stats().uploaded_bytes, u64::from(r.length));
+        let mut out = Vec::new();
+        core.take_outgoing(conn, &mut out);
+        let limits = WireLimits::for_pieces(PIECES);
+        let Ok(Decoded::Message { message: Message::Piece { piece, begin, data }, consumed }) =
+            decode(&out, &limits)
+        else {
+            panic!("not a piece message: {out:?}")
+        };
+        assert_eq!((piece, begin, consumed), (0, 0, out.len()));
+        assert!(data.iter().enumerate().all(|(i, &b)| b == i as u8));
+
+        core.on_data(conn, &request(0), now);
+        let r = read_asked(&mut core);
+        let failed = core.serve_block(conn, r, now, |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"partial");
+            Err("disk gone")
+        });
+        assert_eq!(failed, Err("disk gone"));
+        // The peer cut back the partial bytes; only the reject is queued.
+        assert_eq!(sent(&mut core, conn), ["reject 0"]);
+        assert_eq!(core.stats().uploaded_bytes, u64::from(r.length));
     }
 
     #[test]
