@@ -790,9 +790,17 @@ impl TorrentCore {
             let buffer = match self.buffers.get_mut(&block.piece) {
                 Some(b) => b,
                 None => {
-                    let mut b = self.spare_buffers.pop().unwrap_or_default();
-                    b.clear();
-                    b.resize(size, 0);
+                    let b = match self.spare_buffers.pop() {
+                        // Reused as it is, stale bytes and all: a piece is
+                        // complete (hashed, written) only once every one of
+                        // its blocks was accepted and copied in below, so
+                        // no stale byte reaches the hash, the disk or a peer.
+                        // Zero-filling 1 MiB per piece was 8% of a leecher.
+                        Some(b) if b.len() == size => b,
+                        // Fresh zeroed memory from the allocator (calloc:
+                        // untouched pages, no memset).
+                        _ => vec![0; size],
+                    };
                     self.buffers.entry(block.piece).or_insert(b)
                 }
             };
