@@ -61,6 +61,7 @@ Usage:
   /usr/bin/python3 scripts/bench-swarm.py [--size 1G] [--runs 3]
       [--leechers libtorrent,aria2,transmission,ringbit] [--seeder libtorrent|ringbit]
   common: [--ringbit target/release/ringbit] [--ringbit-flag=--backend=mmap]...
+          [--ringbit-seed-flag=FLAG]... [--ringbit-leech-flag=FLAG]...
           [--workdir DIR] [--markdown]
 """
 import argparse
@@ -382,7 +383,8 @@ class Leecher:
             # runs do not share resume state.
             cmd = [a.ringbit, "-v", "download", torrent, "-o", self.out_dir, "--port", str(port),
                    "--bind", "127.0.0.1", "--no-trackers", "--peer", seed_addr,
-                   "--state-dir", os.path.join(run_dir, "state")] + a.ringbit_flag
+                   "--state-dir", os.path.join(run_dir, "state")] + a.ringbit_flag \
+                + a.ringbit_leech_flag
         else:
             die("unknown leecher %s" % kind)
         self.log_path = os.path.join(run_dir, "leecher.log")
@@ -586,6 +588,10 @@ def main():
     ap.add_argument("--ringbit-flag", action="append", default=[], metavar="FLAG",
                     help="extra flag for every ringbit process (repeat; e.g. "
                     "--ringbit-flag=--backend=mmap)")
+    ap.add_argument("--ringbit-seed-flag", action="append", default=[], metavar="FLAG",
+                    help="extra flag for `ringbit seed` only (repeat)")
+    ap.add_argument("--ringbit-leech-flag", action="append", default=[], metavar="FLAG",
+                    help="extra flag for `ringbit download` only (repeat)")
     ap.add_argument("--workdir", help="where payload and downloads go (default: a temp dir)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per leecher run")
     ap.add_argument("--no-check", action="store_true", help="do not compare the bytes")
@@ -646,7 +652,8 @@ def main():
             tracker = Tracker(info_hash_of(torrent), workdir)
         load_before = load_1min()
         for kind in sorted({p[0] for p in pairs}):
-            seeders[kind] = Seeder(kind, torrent, data_dir, workdir, a.ringbit, a.ringbit_flag)
+            seeders[kind] = Seeder(kind, torrent, data_dir, workdir, a.ringbit,
+                                   a.ringbit_flag + a.ringbit_seed_flag)
             if not seeders[kind].hwm_resettable:
                 notes.append("%s seeder: cannot reset VmHWM; its peak RSS is since start"
                              % kind)
@@ -694,7 +701,8 @@ def main():
     print("peers: libtorrent %s, %s, %s; ringbit flags: %s" % (
         tool_version([PYTHON, "-c", "import libtorrent; print(libtorrent.__version__)"]),
         tool_version(["aria2c", "--version"]), tool_version(["transmission-cli", "--version"]),
-        " ".join(a.ringbit_flag) or "(defaults)"))
+        " ".join(a.ringbit_flag + ["seed: %s" % f for f in a.ringbit_seed_flag]
+                 + ["download: %s" % f for f in a.ringbit_leech_flag]) or "(defaults)"))
     print()
     print(fmt_table(rows, cols))
     tables = [(rows, cols)]
