@@ -14,6 +14,8 @@
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
+//! * **Control plane**: [`daemon`] (the seed box: registry, watch directory,
+//!   HTTP API and metrics on their own threads, never on a shard).
 //! * **Edge**: [`cli`] turns arguments into [`config::Config`] and runs a command.
 //!
 //! Every tokio-uring import lives under `src/shard`, `src/net` or `src/storage`.
@@ -24,6 +26,7 @@ pub mod choker;
 pub mod cli;
 pub mod config;
 pub mod create;
+pub mod daemon;
 pub mod hash;
 pub mod layout;
 pub mod magnet;

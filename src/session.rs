@@ -9,6 +9,7 @@
 //! accepting, every shard stops its torrents (connections closed, storage
 //! flushed), then the hash pool's workers are joined.
 
+use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
@@ -27,6 +28,9 @@ use tokio::sync::oneshot;
 
 /// Peer batches queued from the trackers to one shard at most.
 pub const PEER_BATCH_QUEUE: usize = 256;
+
+/// Longest [`Session::add`] waits for room in the tracker queue.
+pub const TRACKER_BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the session or a torrent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +149,16 @@ impl Session {
         self.listener.port()
     }
 
+    /// Shard threads running.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard a torrent lives on.
+    pub fn shard_of(&self, info_hash: &InfoHash) -> usize {
+        self.shards.shard_of(info_hash)
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }
@@ -189,16 +203,56 @@ impl Session {
         }
         if let Some(trackers) = &self.trackers {
             if !tiers.is_empty() {
-                trackers.add_torrent(
-                    info_hash,
-                    tiers,
-                    self.listen_port(),
-                    status.counters.clone(),
-                )?;
+                self.announce(trackers, info_hash, tiers, &status)?;
             }
         }
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
         Ok(status)
+    }
+
+    /// Hands a torrent to the trackers, waiting while their queue is full (a
+    /// daemon adding thousands of torrents at start outruns the tracker
+    /// thread), at most [`TRACKER_BUSY_WAIT`].
+    fn announce(
+        &self,
+        trackers: &TrackerHandle,
+        info_hash: InfoHash,
+        tiers: Vec<Vec<String>>,
+        status: &TorrentStatus,
+    ) -> Result<(), SessionError> {
+        let deadline = std::time::Instant::now() + TRACKER_BUSY_WAIT;
+        loop {
+            let result = trackers.add_torrent(
+                info_hash,
+                tiers.clone(),
+                self.listen_port(),
+                status.counters.clone(),
+            );
+            match result {
+                Err(TrackersError::Busy) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Flushes a torrent's storage and returns the pieces verified before
+    /// the flush, all durable now: what resume state may claim while the
+    /// torrent keeps running. `None` when the torrent is not running.
+    pub fn checkpoint(&self, info_hash: InfoHash) -> Option<Result<Bitfield, SessionError>> {
+        let (reply, answer) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        if let Err(e) = self.shards.send_blocking(shard, ShardCommand::Checkpoint(info_hash, reply))
+        {
+            return Some(Err(e.into()));
+        }
+        match answer.blocking_recv() {
+            Ok(None) => None,
+            Ok(Some(Ok(have))) => Some(Ok(have)),
+            Ok(Some(Err(reason))) => Some(Err(SessionError::Torrent { info_hash, reason })),
+            Err(_) => Some(Err(ShardError::Stopped { index: shard }.into())),
+        }
     }
 
     /// Stops a torrent: trackers hear `stopped`, connections close, storage

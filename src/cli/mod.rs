@@ -12,6 +12,7 @@ use std::process::ExitCode;
 mod announce;
 mod bench;
 mod create;
+mod daemon;
 mod download;
 mod engine_args;
 mod info;
@@ -49,6 +50,9 @@ pub enum Command {
     Bench(bench::Args),
     /// Serve a torrent's verified data to leechers until Ctrl-C.
     Seed(seed::Args),
+    /// Run the seed box: many torrents, a watch directory, an HTTP control
+    /// API and Prometheus metrics, configured by a TOML file.
+    Daemon(daemon::Args),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -63,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Download(args) => download::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Seed(args) => seed::run(args),
+        Command::Daemon(args) => daemon::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,7 +16,12 @@
 //! * `stopped` announces (on [`TrackerHandle::remove`] and
 //!   [`TrackerHandle::shutdown`]) are bounded by
 //!   [`TrackerConfig::stop_timeout_ms`]; shutdown waits at most that plus
-//!   [`SHUTDOWN_MARGIN_MS`].
+//!   [`SHUTDOWN_MARGIN_MS`];
+//! * at most [`ANNOUNCES_IN_FLIGHT_MAX`] announces run at once, whatever the
+//!   number of torrents (a seed box starting 10,000 torrents must not open
+//!   10,000 sockets at once); the others wait their turn;
+//! * every announce is counted per tracker URL ([`TrackerCounters`]) for the
+//!   daemon's metrics; the map is bounded by [`TRACKER_COUNTERS_MAX`].
 
 use super::tracker_http::{HttpTracker, HttpTrackerError, HTTP_TIMEOUT_MS_DEFAULT};
 use super::tracker_udp::{UdpRetryConfig, UdpTracker, UdpTrackerError};
@@ -28,8 +33,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
+
+/// Announces (HTTP or UDP) running at once at most, over every torrent.
+pub const ANNOUNCES_IN_FLIGHT_MAX: usize = 64;
+
+/// Tracker URLs with their own counters at most; later ones share the
+/// `"other"` entry.
+pub const TRACKER_COUNTERS_MAX: usize = 10_000;
 
 /// Commands queued from shards and the session before `add_torrent` etc. fail
 /// with [`TrackersError::Busy`].
@@ -279,10 +291,36 @@ enum TorrentCommand {
 
 type StatusMap = Arc<Mutex<HashMap<InfoHash, Vec<TrackerStatus>>>>;
 
+/// Totals for one tracker URL since start (monotonic).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerCounters {
+    pub announces_ok: u64,
+    pub announces_failed: u64,
+    /// Peers in the replies, before filtering.
+    pub peers_received: u64,
+}
+
+type CounterMap = Arc<Mutex<HashMap<String, TrackerCounters>>>;
+
+fn count_announce(counters: &CounterMap, url: &str, result: &Result<AnnounceReply, AnnounceError>) {
+    let mut map = counters.lock().unwrap_or_else(|p| p.into_inner());
+    let key =
+        if map.len() >= TRACKER_COUNTERS_MAX && !map.contains_key(url) { "other" } else { url };
+    let entry = map.entry(key.to_string()).or_default();
+    match result {
+        Ok(reply) => {
+            entry.announces_ok += 1;
+            entry.peers_received += reply.peers.len() as u64;
+        }
+        Err(_) => entry.announces_failed += 1,
+    }
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
     shutdown: Arc<Notify>,
     status: StatusMap,
+    counters: CounterMap,
     /// Taken by the first `shutdown`.
     thread: Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>)>>,
     stop_timeout_ms: u64,
@@ -323,9 +361,18 @@ impl TrackerHandle {
         let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE_DEPTH);
         let shutdown = Arc::new(Notify::new());
         let status: StatusMap = Arc::default();
+        let counters: CounterMap = Arc::default();
+        let in_flight = Arc::new(Semaphore::new(ANNOUNCES_IN_FLIGHT_MAX));
         let (done_sender, done_receiver) = std::sync::mpsc::channel();
         let stop_timeout_ms = config.stop_timeout_ms;
-        let context = Arc::new(Context { config, transports, sinks, status: status.clone() });
+        let context = Arc::new(Context {
+            config,
+            transports,
+            sinks,
+            status: status.clone(),
+            counters: counters.clone(),
+            in_flight,
+        });
         let thread_shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("ringbit-trackers".into())
@@ -341,6 +388,7 @@ impl TrackerHandle {
                 commands,
                 shutdown,
                 status,
+                counters,
                 thread: Mutex::new(Some((thread, done_receiver))),
                 stop_timeout_ms,
             }),
@@ -391,6 +439,12 @@ impl TrackerHandle {
         map.get(info_hash).cloned().unwrap_or_default()
     }
 
+    /// Announce totals per tracker URL since start.
+    pub fn counters(&self) -> Vec<(String, TrackerCounters)> {
+        let map = self.shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(url, c)| (url.clone(), c.clone())).collect()
+    }
+
     /// Announces `stopped` for every torrent and stops the thread, waiting
     /// at most `stop_timeout_ms + SHUTDOWN_MARGIN_MS`. Later calls return at once.
     pub fn shutdown(&self) -> Result<(), TrackersError> {
@@ -419,6 +473,25 @@ struct Context {
     transports: Transports,
     sinks: Vec<PeerSink>,
     status: StatusMap,
+    counters: CounterMap,
+    /// Permits for [`ANNOUNCES_IN_FLIGHT_MAX`].
+    in_flight: Arc<Semaphore>,
+}
+
+impl Context {
+    /// One announce, waiting for a free slot first; counted per URL.
+    async fn announce(
+        &self,
+        url: &str,
+        request: &AnnounceRequest,
+        timeout_ms: u64,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        // The semaphore is never closed, so acquire only fails if it were.
+        let _permit = self.in_flight.acquire().await;
+        let result = self.transports.announce(url, request, timeout_ms).await;
+        count_announce(&self.counters, url, &result);
+        result
+    }
 }
 
 struct TorrentTask {
@@ -561,12 +634,12 @@ async fn run_torrent(
         if in_flight.is_none() {
             if let Some(job) = announcer.poll(now) {
                 let request = request_for(&context, info_hash, listen_port, &counters, &job);
-                let transports = context.transports.clone();
+                let task_context = context.clone();
                 let timeout_ms = context.config.announce_timeout_ms;
                 let url = job.url.clone();
                 let join =
                     tokio::spawn(
-                        async move { transports.announce(&url, &request, timeout_ms).await },
+                        async move { task_context.announce(&url, &request, timeout_ms).await },
                     );
                 in_flight = Some((job.id, join));
             }
@@ -618,7 +691,7 @@ async fn sleep_until_or_forever(wake: Option<tokio::time::Instant>) {
 
 /// Sends `stopped` to every tracker that knew us, concurrently, bounded.
 async fn stop(
-    context: &Context,
+    context: &Arc<Context>,
     info_hash: InfoHash,
     listen_port: u16,
     counters: &TorrentCounters,
@@ -629,9 +702,9 @@ async fn stop(
     let mut tasks = Vec::with_capacity(jobs.len());
     for job in jobs {
         let request = request_for(context, info_hash, listen_port, counters, &job);
-        let transports = context.transports.clone();
+        let task_context = context.clone();
         tasks.push(tokio::spawn(async move {
-            let result = transports.announce(&job.url, &request, timeout_ms).await;
+            let result = task_context.announce(&job.url, &request, timeout_ms).await;
             if let Err(error) = result {
                 tracing::debug!(url = %job.url, %error, "stopped announce failed");
             }

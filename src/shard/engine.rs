@@ -211,6 +211,11 @@ impl TorrentTask {
         };
         let core = TorrentCore::new(params, torrent_config, torrent.have, &torrent.wanted)
             .map_err(|e| e.to_string())?;
+        // Complete from the start (a seed): trackers must not hear
+        // `completed` for a download that did not happen now.
+        if core.left_bytes() == 0 {
+            status.completed.store(true, Ordering::Release);
+        }
         let task = Rc::new(TorrentTask {
             ctx,
             info_hash: torrent.metainfo.info_hash,
@@ -269,6 +274,15 @@ impl TorrentTask {
         self.publish_status();
         self.stop.notify_waiters();
         self.status.stopped.store(true, Ordering::Release);
+    }
+
+    /// Flushes storage and returns the pieces verified before the flush: every
+    /// one of them is durable once this returns `Ok`, so resume state may
+    /// claim them.
+    pub async fn checkpoint(&self) -> Result<Bitfield, String> {
+        let have = self.core.borrow().have().clone();
+        self.store.flush().await.map_err(|e| e.to_string())?;
+        Ok(have)
     }
 
     fn publish_status(&self) {
@@ -536,7 +550,9 @@ impl TorrentTask {
                     self.forget(conn);
                 }
                 Action::Completed => {
-                    self.status.completed.store(true, Ordering::Release);
+                    if self.status.completed.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
                     self.status.counters.left.store(0, Ordering::Relaxed);
                     if let Some(trackers) = &self.ctx.trackers {
                         let _ = trackers.event(self.info_hash, TorrentEvent::Completed);

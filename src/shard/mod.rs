@@ -15,6 +15,7 @@ pub mod bufpool;
 pub mod engine;
 pub mod probe;
 
+use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
@@ -48,6 +49,10 @@ pub enum ShardCommand {
     AddTorrent(Box<TorrentSpec>, oneshot::Sender<Result<(), String>>),
     /// Stop a torrent (connections closed, storage flushed), then reply.
     RemoveTorrent(InfoHash, oneshot::Sender<()>),
+    /// Flush a torrent's storage and reply with the pieces that were verified
+    /// before the flush (so all of them are durable); `None` for an unknown
+    /// torrent.
+    Checkpoint(InfoHash, oneshot::Sender<Option<Result<Bitfield, String>>>),
     /// An incoming connection for one of this shard's torrents.
     Incoming(IncomingPeer),
     /// Stop every torrent, then leave the runtime.
@@ -62,6 +67,7 @@ impl std::fmt::Debug for ShardCommand {
                 write!(f, "AddTorrent({})", spec.torrent.metainfo.info_hash)
             }
             ShardCommand::RemoveTorrent(h, _) => write!(f, "RemoveTorrent({h})"),
+            ShardCommand::Checkpoint(h, _) => write!(f, "Checkpoint({h})"),
             ShardCommand::Incoming(p) => write!(f, "Incoming({})", p.addr),
             ShardCommand::Shutdown => f.write_str("Shutdown"),
         }
@@ -259,6 +265,20 @@ fn shard_thread(
                         task.stop(None).await;
                     }
                     let _ = reply.send(());
+                }
+                ShardCommand::Checkpoint(info_hash, reply) => {
+                    let task = ctx.torrents.borrow().get(&info_hash).cloned();
+                    match task {
+                        // Flushing waits on the ring: run it beside the loop.
+                        Some(task) => {
+                            tokio_uring::spawn(async move {
+                                let _ = reply.send(Some(task.checkpoint().await));
+                            });
+                        }
+                        None => {
+                            let _ = reply.send(None);
+                        }
+                    }
                 }
                 ShardCommand::Incoming(peer) => {
                     let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();

@@ -216,13 +216,20 @@ pub(crate) fn open_files(
             .truncate(false)
             .open(&path)
             .map_err(|e| StorageError::io(&path, "open", e, entry.length))?;
-        let current = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?.len();
+        let meta = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?;
+        let current = meta.len();
         if current > entry.length {
             // Longer than the torrent says: the extra bytes are not ours to
             // serve; cut them so the mapping and reads match the layout.
             file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
         }
-        if entry.length > 0 {
+        // A file already at its length with every block allocated (a
+        // complete download) needs no fallocate, and must not get one:
+        // fallocate bumps the mtime even when it allocates nothing, and a
+        // changed mtime makes the next start recheck the file.
+        use std::os::unix::fs::MetadataExt;
+        let allocated = current == entry.length && meta.blocks().saturating_mul(512) >= current;
+        if entry.length > 0 && !allocated {
             reserve(&file, &path, entry.length, current, allocation)?;
         }
         out.push(Some(OpenFile { path, file, length: entry.length }));

@@ -1,0 +1,186 @@
+//! Prometheus `/metrics`: the daemon's state as counters and gauges, per
+//! daemon, per shard, per torrent and per tracker URL, encoded with
+//! `prometheus-client` (OpenMetrics text).
+//!
+//! Layer: control plane (runs on the API thread, reads the atomics the shards
+//! publish; never touches a shard). Built fresh at every scrape from one
+//! snapshot, so the numbers of one scrape agree with each other.
+//!
+//! Per-shard values are the sums over the torrents the shard holds now:
+//! removing a torrent lowers its shard's byte counters, which Prometheus
+//! treats as a counter reset.
+
+use super::Daemon;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+        None => registry.register(name, help, family.clone()),
+    }
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The OpenMetrics text of the daemon's current state.
+pub fn render(daemon: &Daemon) -> String {
+    let status = daemon.status();
+    let torrents = daemon.torrents();
+    let mut registry = Registry::default();
+
+    let by_state = gauge_family(&mut registry, "ringbit_torrents", "Torrents by state");
+    for (state, n) in &status.by_state {
+        by_state.get_or_create(&vec![("state", state.to_string())]).set(*n as i64);
+    }
+    let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    uptime.set(status.uptime_secs);
+    registry.register_with_unit(
+        "ringbit_uptime",
+        "Seconds since the daemon started",
+        Unit::Seconds,
+        uptime,
+    );
+    let startup = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    startup.set(status.startup.seconds.unwrap_or(f64::NAN));
+    registry.register_with_unit(
+        "ringbit_startup",
+        "Seconds the registered torrents took to load at start (NaN while loading)",
+        Unit::Seconds,
+        startup,
+    );
+    let rechecked = Gauge::<i64>::default();
+    rechecked.set(gauge(status.startup.rechecked_pieces));
+    registry.register(
+        "ringbit_startup_rechecked_pieces",
+        "Pieces hashed while loading at start (0 when every resume state was trusted)",
+        rechecked,
+    );
+
+    // Per shard.
+    let shard_torrents =
+        gauge_family(&mut registry, "ringbit_shard_torrents", "Torrents running on each shard");
+    let shard_peers =
+        gauge_family(&mut registry, "ringbit_shard_peers", "Connected peers on each shard");
+    let shard_up = counter_family(
+        &mut registry,
+        "ringbit_shard_uploaded",
+        "Bytes uploaded by the torrents on each shard",
+        Some(Unit::Bytes),
+    );
+    let shard_down = counter_family(
+        &mut registry,
+        "ringbit_shard_downloaded",
+        "Bytes downloaded by the torrents on each shard",
+        Some(Unit::Bytes),
+    );
+    let shard_up_rate = gauge_family(
+        &mut registry,
+        "ringbit_shard_upload_rate_bytes_per_second",
+        "Upload rate of each shard",
+    );
+    let shard_down_rate = gauge_family(
+        &mut registry,
+        "ringbit_shard_download_rate_bytes_per_second",
+        "Download rate of each shard",
+    );
+    for shard in 0..status.shards {
+        let labels = vec![("shard", shard.to_string())];
+        shard_torrents.get_or_create(&labels).set(0);
+        shard_peers.get_or_create(&labels).set(0);
+        let _ = shard_up.get_or_create(&labels);
+        let _ = shard_down.get_or_create(&labels);
+        shard_up_rate.get_or_create(&labels).set(0);
+        shard_down_rate.get_or_create(&labels).set(0);
+    }
+
+    // Per torrent.
+    let t_up = counter_family(
+        &mut registry,
+        "ringbit_torrent_uploaded",
+        "Bytes uploaded",
+        Some(Unit::Bytes),
+    );
+    let t_down = counter_family(
+        &mut registry,
+        "ringbit_torrent_downloaded",
+        "Bytes downloaded",
+        Some(Unit::Bytes),
+    );
+    let t_peers = gauge_family(&mut registry, "ringbit_torrent_peers", "Connected peers");
+    let t_have = gauge_family(&mut registry, "ringbit_torrent_have_pieces", "Verified pieces");
+    let t_pieces = gauge_family(&mut registry, "ringbit_torrent_pieces", "Pieces in the torrent");
+    let t_up_rate =
+        gauge_family(&mut registry, "ringbit_torrent_upload_rate_bytes_per_second", "Upload rate");
+    let t_down_rate = gauge_family(
+        &mut registry,
+        "ringbit_torrent_download_rate_bytes_per_second",
+        "Download rate",
+    );
+    for t in &torrents {
+        let labels = vec![("info_hash", t.info_hash.clone()), ("name", t.name.clone())];
+        t_up.get_or_create(&labels).inc_by(t.uploaded);
+        t_down.get_or_create(&labels).inc_by(t.downloaded);
+        t_peers.get_or_create(&labels).set(t.peers as i64);
+        t_have.get_or_create(&labels).set(t.have_pieces as i64);
+        t_pieces.get_or_create(&labels).set(t.piece_count as i64);
+        t_up_rate.get_or_create(&labels).set(gauge(t.upload_rate));
+        t_down_rate.get_or_create(&labels).set(gauge(t.download_rate));
+        if matches!(t.state, "downloading" | "seeding") {
+            let shard = vec![("shard", t.shard.to_string())];
+            shard_torrents.get_or_create(&shard).inc();
+            shard_peers.get_or_create(&shard).inc_by(t.peers as i64);
+            shard_up.get_or_create(&shard).inc_by(t.uploaded);
+            shard_down.get_or_create(&shard).inc_by(t.downloaded);
+            shard_up_rate.get_or_create(&shard).inc_by(gauge(t.upload_rate));
+            shard_down_rate.get_or_create(&shard).inc_by(gauge(t.download_rate));
+        }
+    }
+
+    // Per tracker URL.
+    let announces = counter_family(
+        &mut registry,
+        "ringbit_tracker_announces",
+        "Announces by tracker and result",
+        None,
+    );
+    let received = counter_family(
+        &mut registry,
+        "ringbit_tracker_peers_received",
+        "Peers in tracker replies",
+        None,
+    );
+    for (url, c) in daemon.tracker_counters() {
+        announces
+            .get_or_create(&vec![("url", url.clone()), ("result", "ok".into())])
+            .inc_by(c.announces_ok);
+        announces
+            .get_or_create(&vec![("url", url.clone()), ("result", "failed".into())])
+            .inc_by(c.announces_failed);
+        received.get_or_create(&vec![("url", url)]).inc_by(c.peers_received);
+    }
+
+    let mut out = String::with_capacity(256 + torrents.len() * 1024);
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
