@@ -1055,7 +1055,7 @@ def main():
         for c in clients:
             if objs[c].primed:
                 log("%s: reusing primed state in %s" % (c, objs[c].dir))
-        for obj in priming:
+        for obj in sorted(priming, key=lambda o: o.name != "transmission"):  # slowest first
             obj.prime_start()
         while priming:
             priming = [obj for obj in priming if not obj.prime_step()]
