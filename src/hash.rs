@@ -19,7 +19,7 @@
 
 use sha1::{Digest, Sha1};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// SHA1 of one buffer.
 pub fn sha1(data: &[u8]) -> [u8; 20] {
@@ -27,8 +27,14 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
 }
 
 /// Number of hashing threads to use by default: every core.
+///
+/// Asked once per process: `available_parallelism` reads the cgroup files and
+/// the affinity mask on every call (a few path lookups and syscalls), and
+/// `CheckOptions::default()` calls it once per torrent: 18% of the daemon's CPU
+/// while it started 10,000 torrents (scripts/bench-scale.py, perf).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Hashes pieces `0..piece_count` with `threads` workers.
