@@ -423,15 +423,6 @@ def log_tail(run_dir, lines=30):
         return "(no log)"
     kept = [l for l in text.splitlines() if l.strip()][-lines:]
     return "\n".join("    " + l for l in kept)
-def log_tail(run_dir, lines=30):
-    """The end of a leecher's log, for error messages (the work dir is removed)."""
-    try:
-        with open(os.path.join(run_dir, "leecher.log"), "rb") as f:
-            text = f.read().decode("utf-8", "replace").replace("\r", "\n")
-    except OSError:
-        return "(no log)"
-    kept = [l for l in text.splitlines() if l.strip()][-lines:]
-    return "\n".join("    " + l for l in kept)
 
 
 def reap(proc, limit_s):
