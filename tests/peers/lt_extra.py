@@ -8,6 +8,12 @@ upload timing measured at the seeder. Run with Debian's interpreter:
 
   /usr/bin/python3 tests/peers/lt_extra.py seed TORRENT SAVE_PATH --port P [--peer H:P]...
   /usr/bin/python3 tests/peers/lt_extra.py leech TORRENT SAVE_PATH --port P [--peer H:P]...
+      [--set NAME=VALUE]...
+
+--set applies one libtorrent setting (settings_pack name; the value is parsed as
+an integer, true/false, or kept as a string) on top of the loopback settings,
+for either command; an unknown name is an error. The swarm benchmark uses it to
+run a leecher whose disk queue is not its own bottleneck.
 
 leech downloads and exits 0 when complete, printing {"event":"done","seconds":S,"bytes":B}
 (exit 1 with {"event":"timeout"} past --timeout). Unlike lt_tool.py leech it
@@ -77,6 +83,30 @@ def session(port):
     })
 
 
+def parse_setting(text):
+    """NAME=VALUE -> (name, value) with the value typed as libtorrent expects."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE, got %r" % text)
+    defaults = lt.default_settings()
+    if name not in defaults:
+        raise argparse.ArgumentTypeError("unknown libtorrent setting %r" % name)
+    kind = type(defaults[name])
+    try:
+        if kind is bool:
+            if raw not in ("true", "false"):
+                raise ValueError(raw)
+            return name, raw == "true"
+        return name, kind(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%s wants a %s, got %r" % (name, kind.__name__, raw))
+
+
+def apply_settings(ses, pairs):
+    if pairs:
+        ses.apply_settings(dict(pairs))
+
+
 def emit(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -89,6 +119,7 @@ def parse_peer(text):
 
 def cmd_seed(a):
     ses = session(a.port)
+    apply_settings(ses, a.set)
     p = lt.add_torrent_params()
     p.ti = lt.torrent_info(a.torrent)
     p.save_path = a.save_path
@@ -159,6 +190,7 @@ def cmd_seed(a):
 
 def cmd_leech(a):
     ses = session(a.port)
+    apply_settings(ses, a.set)
     p = lt.add_torrent_params()
     p.ti = lt.torrent_info(a.torrent)
     p.save_path = a.save_path
@@ -191,6 +223,7 @@ def main():
         s.add_argument("--port", type=int, default=0)
         s.add_argument("--peer", action="append")
         s.add_argument("--timeout", type=float, default=3600.0)
+        s.add_argument("--set", action="append", type=parse_setting, metavar="NAME=VALUE")
     a = ap.parse_args()
     sys.exit({"seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0)
 
