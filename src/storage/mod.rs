@@ -72,13 +72,6 @@ impl std::str::FromStr for Backend {
 /// stays available for when dirty-page throttling would block a shard.
 pub const DEFAULT_WRITE_BACKEND: Backend = Backend::Pwrite;
 
-/// Backend for serving blocks of a complete (seeding) torrent, whose files are
-/// fully allocated: mmap copies from the page cache with no syscall per block
-/// and was fastest for warm 16 KiB reads in both bench runs (5.1 vs 4.7 GiB/s
-/// pread, 2.4 io_uring). A torrent still downloading serves peers through its
-/// write backend.
-pub const DEFAULT_SEED_BACKEND: Backend = Backend::Mmap;
-
 /// How file space is reserved at [`PieceStore::open`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Allocation {
