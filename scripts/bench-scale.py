@@ -108,11 +108,9 @@ import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -120,9 +118,10 @@ import tempfile
 import time
 import urllib.parse
 
+from benchlib import free_port, machine, parse_size, proc_cpu_s, ringbit_missing, tool_version
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = ["ringbit", "transmission", "qbittorrent"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
 # Bounds on every wait.
 POLL_S = 0.05
@@ -149,29 +148,6 @@ def die(msg):
     sys.exit(1)
 
 
-def parse_size(text):
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().rstrip("IB")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def free_port():
-    """A TCP and UDP port free on 127.0.0.1 (peers listen on both)."""
-    for _ in range(64):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    die("no free port")
-
-
 # ---------------------------------------------------------------------------
 # /proc readings
 
@@ -189,15 +165,6 @@ def proc_status(pid):
     return out
 
 
-def proc_cpu_s(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
 def proc_io(pid):
     """rchar (bytes read through read-like syscalls) and read_bytes (from disk)."""
     out = {}
@@ -209,27 +176,6 @@ def proc_io(pid):
     except OSError:
         pass
     return out
-
-
-def tool_version(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        return "?"
-
-
-def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return "%s, %d cores, %.0f GiB RAM, Linux %s" % (
-        model, os.cpu_count(), mem_kib / (1 << 20), platform.release())
 
 
 def loadavg():
@@ -402,8 +348,8 @@ class Client:
         self.data_dir = data_dir
         self.torrents = torrents
         self.n = len(torrents)
-        self.api_port = free_port()
-        self.peer_port = free_port()
+        self.api_port = free_port() or die("no free port on 127.0.0.1")
+        self.peer_port = free_port() or die("no free port on 127.0.0.1")
         self.http = Http(self.api_port)
         self.log_path = os.path.join(self.dir, "client.log")
         self.proc = None
@@ -891,18 +837,6 @@ Connection\\ResolvePeerCountries=false
 CLIENT_CLASSES = {"ringbit": Ringbit, "transmission": Transmission, "qbittorrent": Qbittorrent}
 
 
-def ringbit_skip_reason(binary):
-    if not os.access(binary, os.X_OK):
-        return "no ringbit binary at %s (cargo build --release, or --ringbit PATH)" % binary
-    try:
-        r = subprocess.run([binary, "daemon", "--help"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return "ringbit daemon --help failed: %s" % e
-    if r.returncode != 0:
-        return "`ringbit daemon` is not implemented in %s" % binary
-    return None
-
-
 # ---------------------------------------------------------------------------
 # report
 
@@ -1015,7 +949,7 @@ def main():
 
     notes = []
     if "ringbit" in clients:
-        why = ringbit_skip_reason(args.ringbit)
+        why = ringbit_missing(args.ringbit, "daemon")
         if why:
             notes.append("ringbit skipped: " + why)
             log(notes[-1])

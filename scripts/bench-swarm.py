@@ -70,16 +70,16 @@ Usage:
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from benchlib import free_port, machine, parse_size, proc_cpu_s, ringbit_missing, tool_version
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LT_TOOL = os.path.join(REPO, "tests", "peers", "lt_tool.py")
@@ -114,7 +114,6 @@ READY_LIMIT_S = 600.0  # `ringbit seed` rechecks its data before it listens
 STOP_LIMIT_S = 60.0  # a leecher's exit may flush a GiB to disk
 POLL_S = 0.005
 RSS_POLL_S = 0.05
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 # Leechers spawned and not yet reaped: killed (by pid) if the benchmark stops early.
 LIVE = {}
@@ -123,28 +122,6 @@ LIVE = {}
 def die(msg):
     sys.stderr.write("bench-swarm: %s\n" % msg)
     sys.exit(1)
-
-
-def parse_size(text):
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().rstrip("IB")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def free_port():
-    for _ in range(64):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    die("no free port")
 
 
 def is_listening(port):
@@ -172,12 +149,6 @@ def wait_listening(proc, port, what):
         time.sleep(POLL_S)
 
 
-def proc_cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
 def vm_hwm_kib(pid):
     """Peak RSS of a live process (VmHWM). Not wait4's ru_maxrss: a child
     spawned with vfork inherits the parent's high-water mark through exec,
@@ -192,41 +163,8 @@ def vm_hwm_kib(pid):
     return 0
 
 
-def tool_version(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        return "?"
-
-
-def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return "%s, %d cores, %.0f GiB RAM, Linux %s" % (
-        model, os.cpu_count(), mem_kib / (1 << 20), platform.release())
-
-
 # ---------------------------------------------------------------------------
 # ringbit
-
-def ringbit_has(binary, sub):
-    """None when `binary sub` exists, else a note saying why it is skipped."""
-    if not os.access(binary, os.X_OK):
-        return "no ringbit binary at %s (cargo build --release, or --ringbit PATH)" % binary
-    try:
-        r = subprocess.run([binary, sub, "--help"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return "%s %s --help failed: %s" % (binary, sub, e)
-    if r.returncode != 0:
-        return "`ringbit %s` is not implemented yet in %s" % (sub, binary)
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -239,7 +177,7 @@ class Tracker:
 
     def __init__(self, info_hash, workdir):
         self.info_hash = info_hash
-        self.port = free_port()
+        self.port = free_port() or die("no free port on 127.0.0.1")
         root = os.path.join(workdir, "opentracker")
         os.makedirs(root, exist_ok=True)
         with open(os.path.join(root, "whitelist.txt"), "w") as f:
@@ -306,7 +244,7 @@ class Seeder:
 
     def __init__(self, kind, torrent, data_dir, workdir, ringbit, ringbit_flags):
         self.kind = kind
-        self.port = free_port()
+        self.port = free_port() or die("no free port on 127.0.0.1")
         self.log = open(os.path.join(workdir, "seeder-%s.log" % kind), "wb")
         if kind == "libtorrent":
             cmd = [PYTHON, LT_EXTRA, "seed", torrent, data_dir, "--port", str(self.port),
@@ -328,7 +266,10 @@ class Seeder:
         return self.kind == "libtorrent"
 
     def cpu_s(self):
-        return proc_cpu_s(self.proc.pid)
+        cpu = proc_cpu_s(self.proc.pid)
+        if cpu is None:
+            die("the %s seeder exited (%s)" % (self.kind, self.proc.poll()))
+        return cpu
 
     def alive(self):
         return self.proc.poll() is None
@@ -352,7 +293,7 @@ class Leecher:
         self.done_at = None
         self.out_dir = os.path.join(run_dir, "out")
         os.makedirs(self.out_dir)
-        port = free_port()
+        port = free_port() or die("no free port on 127.0.0.1")
         seed_addr = "127.0.0.1:%d" % seeder.port
         self.marker = None
         dial = False  # the seeder must dial it
@@ -615,7 +556,7 @@ def main():
     for sub, role in (("download", "leecher"), ("seed", "seeder")):
         uses = [p for p in pairs if p[0 if role == "seeder" else 1] == "ringbit"]
         if uses:
-            note = ringbit_has(a.ringbit, sub)
+            note = ringbit_missing(a.ringbit, sub)
             if note:
                 if a.compare or role == "seeder":
                     die("ringbit %s: %s" % (role, note))
