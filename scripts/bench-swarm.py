@@ -62,7 +62,8 @@ Usage:
   cargo build --release
   /usr/bin/python3 scripts/bench-swarm.py --compare [--size 1G] [--runs 3]
   /usr/bin/python3 scripts/bench-swarm.py [--size 1G] [--runs 3]
-      [--leechers libtorrent,aria2,transmission,ringbit] [--seeder libtorrent|ringbit]
+      [--leechers libtorrent,libtorrent-dq,aria2,transmission,ringbit]
+      [--seeder libtorrent|ringbit]
   common: [--ringbit target/release/ringbit] [--ringbit-flag=--backend=mmap]...
           [--ringbit-seed-flag=FLAG]... [--ringbit-leech-flag=FLAG]...
           [--workdir DIR] [--markdown]
@@ -86,6 +87,7 @@ LT_TOOL = os.path.join(REPO, "tests", "peers", "lt_tool.py")
 LT_EXTRA = os.path.join(REPO, "tests", "peers", "lt_extra.py")
 PYTHON = "/usr/bin/python3"  # python3-libtorrent is built for Debian's interpreter
 LEECHERS = ["libtorrent", "libtorrent-dq", "aria2", "transmission", "ringbit"]
+DEFAULT_LEECHERS = ["libtorrent", "aria2", "transmission", "ringbit"]
 SEEDERS = ["libtorrent", "ringbit"]
 # libtorrent-dq: the libtorrent leecher with its disk queue (max_queued_disk_bytes,
 # qBittorrent's "disk queue size") raised from 1 MiB to this. At 1 MiB the
@@ -526,8 +528,10 @@ def main():
     ap.add_argument("--piece-log2", type=int, default=20, help="piece size 2^N (20 = 1 MiB)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compare", action="store_true",
-                    help="the issue 6 targets in one run: lt->lt, ringbit->lt, ringbit->ringbit")
-    ap.add_argument("--leechers", default=",".join(LEECHERS))
+                    help="the issue 6 targets in one run: lt->lt, ringbit->lt, ringbit->ringbit, "
+                    "lt->lt-dq, ringbit->lt-dq")
+    ap.add_argument("--leechers", default=",".join(DEFAULT_LEECHERS),
+                    help="comma-separated, from: " + ", ".join(LEECHERS))
     ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
     ap.add_argument("--ringbit", default=os.path.join(REPO, "target", "release", "ringbit"))
     ap.add_argument("--ringbit-flag", action="append", default=[], metavar="FLAG",
