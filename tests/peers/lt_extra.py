@@ -46,13 +46,15 @@ End of stdin also exits, so a seeder never outlives the test that started it.
 Every wait is bounded: --timeout (seconds) ends the process whatever happens.
 """
 import argparse
-import json
 import os
 import select
 import sys
 import time
 
 import libtorrent as lt
+
+import lt_tool
+from lt_tool import emit
 
 # How often the upload counter is sampled while a watch runs: the error on a
 # measured transfer time is at most two periods.
@@ -64,23 +66,29 @@ MAX_COMMAND_BYTES = 4096
 
 
 def session(port):
-    # The same loopback settings as lt_tool.py (see /work/shared/PEERS.md).
-    return lt.session({
-        "listen_interfaces": "127.0.0.1:%d" % port,
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "allow_multiple_connections_per_ip": True,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "out_enc_policy": 2,  # disabled: plaintext handshakes
-        "in_enc_policy": 1,  # enabled: accept either
+    # lt_tool.py's loopback settings (see /work/shared/PEERS.md), with only
+    # status, tracker and error alerts.
+    return lt_tool.session(port, {
         "alert_mask": lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification
         | lt.alert.category_t.error_notification,
         "user_agent": "lt_extra",
     })
+
+
+def add(ses, a, flags=0):
+    """Adds the torrent started (neither paused nor auto-managed) and dials
+    every --peer."""
+    p = lt.add_torrent_params()
+    p.ti = lt.torrent_info(a.torrent)
+    p.save_path = a.save_path
+    p.flags |= flags
+    p.flags &= ~lt.torrent_flags.auto_managed
+    p.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(p)
+    for peer in a.peer or []:
+        h.connect_peer(parse_peer(peer))
+    return h
 
 
 def parse_setting(text):
@@ -107,11 +115,6 @@ def apply_settings(ses, pairs):
         ses.apply_settings(dict(pairs))
 
 
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def parse_peer(text):
     host, port = text.rsplit(":", 1)
     return (host.strip("[]"), int(port))
@@ -120,15 +123,7 @@ def parse_peer(text):
 def cmd_seed(a):
     ses = session(a.port)
     apply_settings(ses, a.set)
-    p = lt.add_torrent_params()
-    p.ti = lt.torrent_info(a.torrent)
-    p.save_path = a.save_path
-    p.flags |= lt.torrent_flags.seed_mode
-    p.flags &= ~lt.torrent_flags.auto_managed
-    p.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(p)
-    for peer in a.peer or []:
-        h.connect_peer(parse_peer(peer))
+    h = add(ses, a, lt.torrent_flags.seed_mode)
     emit({"event": "listening", "port": ses.listen_port()})
 
     deadline = time.monotonic() + a.timeout
@@ -191,14 +186,7 @@ def cmd_seed(a):
 def cmd_leech(a):
     ses = session(a.port)
     apply_settings(ses, a.set)
-    p = lt.add_torrent_params()
-    p.ti = lt.torrent_info(a.torrent)
-    p.save_path = a.save_path
-    p.flags &= ~lt.torrent_flags.auto_managed
-    p.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(p)
-    for peer in a.peer or []:
-        h.connect_peer(parse_peer(peer))
+    h = add(ses, a)
     emit({"event": "listening", "port": ses.listen_port()})
     start = time.monotonic()
     deadline = start + a.timeout
