@@ -3,7 +3,8 @@
 
 Each measured pair is one seeder process (libtorrent in seed_mode via
 tests/peers/lt_extra.py, or `ringbit seed`) serving a single-file torrent
-(default 1 GiB, 1 MiB pieces) to one leecher process: libtorrent
+(default 1 GiB, 1 MiB pieces; libtorrent-hp is the libtorrent seeder with
+libtorrent's high_performance_seed() preset) to one leecher process: libtorrent
 (lt_extra.py leech), libtorrent-dq (the same with its disk queue,
 max_queued_disk_bytes, at 32 MiB instead of 1 MiB), aria2, transmission or
 ringbit (`ringbit download`).
@@ -31,14 +32,16 @@ Every pair is timed the same way, whoever seeds and whoever leeches:
                     files that a seeder touches count (libtorrent maps its files).
 
 Modes:
-  --compare   (the issue 6 targets, in ONE invocation) five pairs:
+  --compare   (the issue 6 targets, in ONE invocation) six pairs:
               the libtorrent leecher from `ringbit seed` and from a libtorrent
               seeder, once with libtorrent's default settings and once as
-              libtorrent-dq; and ringbit->ringbit (`ringbit seed` -> `ringbit
-              download`, the two processes `ringbit bench` runs). Prints the
-              ratios the targets name: rate >= 1.2x and seeder CPU <= 0.5x for
-              the same libtorrent leecher (against the libtorrent seeder with
-              that leecher); ringbit->ringbit rate >= 1.5x lt->lt.
+              libtorrent-dq; ringbit->ringbit (`ringbit seed` -> `ringbit
+              download`, the two processes `ringbit bench` runs); and
+              libtorrent-hp (libtorrent's high_performance_seed preset) ->
+              libtorrent-dq, for information. Prints the ratios the targets
+              name: rate >= 1.2x and seeder CPU <= 0.5x for the same libtorrent
+              leecher (against the default libtorrent seeder with that
+              leecher); ringbit->ringbit rate >= 1.5x lt->lt.
   default     one seeder (--seeder) and each of --leechers.
 
 Runs interleave the pairs (--runs rounds; each round runs every pair once, in
@@ -88,7 +91,9 @@ LT_EXTRA = os.path.join(REPO, "tests", "peers", "lt_extra.py")
 PYTHON = "/usr/bin/python3"  # python3-libtorrent is built for Debian's interpreter
 LEECHERS = ["libtorrent", "libtorrent-dq", "aria2", "transmission", "ringbit"]
 DEFAULT_LEECHERS = ["libtorrent", "aria2", "transmission", "ringbit"]
-SEEDERS = ["libtorrent", "ringbit"]
+# libtorrent-hp: the libtorrent seeder with libtorrent's own
+# high_performance_seed() preset (lt_extra.py seed --high-performance-seed).
+SEEDERS = ["libtorrent", "libtorrent-hp", "ringbit"]
 # libtorrent-dq: the libtorrent leecher with its disk queue (max_queued_disk_bytes,
 # qBittorrent's "disk queue size") raised from 1 MiB to this. At 1 MiB the
 # leecher stops reading its socket whenever a MiB waits for its disk threads,
@@ -96,7 +101,8 @@ SEEDERS = ["libtorrent", "ringbit"]
 DEEP_DISK_QUEUE_BYTES = 32 << 20
 # --compare: (seeder, leecher) pairs; the first is the reference.
 COMPARE_PAIRS = [("libtorrent", "libtorrent"), ("ringbit", "libtorrent"), ("ringbit", "ringbit"),
-                 ("libtorrent", "libtorrent-dq"), ("ringbit", "libtorrent-dq")]
+                 ("libtorrent", "libtorrent-dq"), ("ringbit", "libtorrent-dq"),
+                 ("libtorrent-hp", "libtorrent-dq")]
 # A line a leecher prints once it has every piece verified (transmission has
 # none: its -f script makes a marker file instead).
 DONE_MARKS = {
@@ -248,9 +254,11 @@ class Seeder:
         self.kind = kind
         self.port = free_port() or die("no free port on 127.0.0.1")
         self.log = open(os.path.join(workdir, "seeder-%s.log" % kind), "wb")
-        if kind == "libtorrent":
+        if kind in ("libtorrent", "libtorrent-hp"):
             cmd = [PYTHON, LT_EXTRA, "seed", torrent, data_dir, "--port", str(self.port),
                    "--timeout", "86400"]
+            if kind == "libtorrent-hp":
+                cmd.append("--high-performance-seed")
             stdin = subprocess.PIPE
         else:
             cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port),
@@ -265,7 +273,7 @@ class Seeder:
         self.proc.stdin.flush()
 
     def can_dial(self):
-        return self.kind == "libtorrent"
+        return self.kind != "ringbit"
 
     def cpu_s(self):
         cpu = proc_cpu_s(self.proc.pid)
@@ -529,7 +537,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compare", action="store_true",
                     help="the issue 6 targets in one run: lt->lt, ringbit->lt, ringbit->ringbit, "
-                    "lt->lt-dq, ringbit->lt-dq")
+                    "lt->lt-dq, ringbit->lt-dq, lt-hp->lt-dq")
     ap.add_argument("--leechers", default=",".join(DEFAULT_LEECHERS),
                     help="comma-separated, from: " + ", ".join(LEECHERS))
     ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
@@ -657,19 +665,25 @@ def main():
     print(fmt_table(rows, cols))
     tables = [(rows, cols)]
 
-    # Ratios against the libtorrent seeder with the same leecher (the seeder
-    # is what differs); ringbit -> ringbit against libtorrent -> libtorrent.
+    # Ratios against a libtorrent seeder with the same leecher (the seeder is
+    # what differs; in --compare also against libtorrent's high-performance
+    # preset, for information); ringbit -> ringbit against lt -> lt.
     ratio_cols = ["seeder -> leecher", "reference", "rate", "seeder CPU", "seeder RSS",
                   "rate per round"]
+    if a.compare:
+        comparisons = [(("ringbit", "libtorrent"), ("libtorrent", "libtorrent")),
+                       (("ringbit", "ringbit"), ("libtorrent", "libtorrent")),
+                       (("ringbit", "libtorrent-dq"), ("libtorrent", "libtorrent-dq")),
+                       (("ringbit", "libtorrent-dq"), ("libtorrent-hp", "libtorrent-dq"))]
+    elif a.seeder == "libtorrent":
+        comparisons = [(p, ("libtorrent", "libtorrent")) for p in med]
+    else:
+        comparisons = [(p, ("libtorrent", p[1])) for p in med]
     ratio_rows = []
-    for p, m in med.items():
-        if p == ("ringbit", "ringbit") or (not a.compare and a.seeder == "libtorrent"):
-            base = ("libtorrent", "libtorrent")
-        else:
-            base = ("libtorrent", p[1])
-        if base not in med or base == p:
+    for p, base in comparisons:
+        if base not in med or p not in med or base == p:
             continue
-        b = med[base]
+        m, b = med[p], med[base]
         per_round = ["%.2f" % (r[p]["mbps"] / r[base]["mbps"]) for r in rounds
                      if p in r and base in r]
         ratio_rows.append([pair_name(p), pair_name(base), "%.2fx" % (m["mbps"] / b["mbps"]),
@@ -681,7 +695,7 @@ def main():
         print(fmt_table(ratio_rows, ratio_cols))
         tables.append((ratio_rows, ratio_cols))
     if a.compare:
-        lt, rb_lt, rb_rb, lt_dq, rb_dq = (med[p] for p in COMPARE_PAIRS)
+        lt, rb_lt, rb_rb, lt_dq, rb_dq, _ = (med[p] for p in COMPARE_PAIRS)
         checks = [
             ("(a) rate, libtorrent leecher: ringbit seed / libtorrent seed",
              rb_lt["mbps"] / lt["mbps"], ">= 1.20", rb_lt["mbps"] / lt["mbps"] >= 1.2),

@@ -10,6 +10,10 @@ upload timing measured at the seeder. Run with Debian's interpreter:
   /usr/bin/python3 tests/peers/lt_extra.py leech TORRENT SAVE_PATH --port P [--peer H:P]...
       [--set NAME=VALUE]...
 
+seed --high-performance-seed applies libtorrent's own high_performance_seed()
+preset (larger send buffers and disk queue, more connections) first; the
+loopback settings below and every --set still win.
+
 --set applies one libtorrent setting (settings_pack name; the value is parsed as
 an integer, true/false, or kept as a string) on top of the loopback settings,
 for either command; an unknown name is an error. The swarm benchmark uses it to
@@ -110,9 +114,19 @@ def parse_setting(text):
         raise argparse.ArgumentTypeError("%s wants a %s, got %r" % (name, kind.__name__, raw))
 
 
-def apply_settings(ses, pairs):
-    if pairs:
-        ses.apply_settings(dict(pairs))
+# Settings of session() that a preset must not change.
+LOOPBACK_KEYS = ("listen_interfaces", "enable_dht", "enable_lsd", "enable_upnp", "enable_natpmp",
+                 "allow_multiple_connections_per_ip", "enable_outgoing_utp",
+                 "enable_incoming_utp", "out_enc_policy", "in_enc_policy", "alert_mask",
+                 "user_agent")
+
+
+def apply_settings(ses, a):
+    if getattr(a, "high_performance_seed", False):
+        preset = lt.high_performance_seed()
+        ses.apply_settings({k: v for k, v in preset.items() if k not in LOOPBACK_KEYS})
+    if a.set:
+        ses.apply_settings(dict(a.set))
 
 
 def parse_peer(text):
@@ -122,7 +136,7 @@ def parse_peer(text):
 
 def cmd_seed(a):
     ses = session(a.port)
-    apply_settings(ses, a.set)
+    apply_settings(ses, a)
     h = add(ses, a, lt.torrent_flags.seed_mode)
     emit({"event": "listening", "port": ses.listen_port()})
 
@@ -185,7 +199,7 @@ def cmd_seed(a):
 
 def cmd_leech(a):
     ses = session(a.port)
-    apply_settings(ses, a.set)
+    apply_settings(ses, a)
     h = add(ses, a)
     emit({"event": "listening", "port": ses.listen_port()})
     start = time.monotonic()
@@ -212,6 +226,8 @@ def main():
         s.add_argument("--peer", action="append")
         s.add_argument("--timeout", type=float, default=3600.0)
         s.add_argument("--set", action="append", type=parse_setting, metavar="NAME=VALUE")
+        if name == "seed":
+            s.add_argument("--high-performance-seed", action="store_true")
     a = ap.parse_args()
     sys.exit({"seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0)
 
