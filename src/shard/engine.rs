@@ -367,8 +367,7 @@ impl TorrentTask {
             if self.stopped.get() {
                 break;
             }
-            let now = Instant::now();
-            self.core.borrow_mut().tick(now);
+            self.core.borrow_mut().tick(Instant::now());
             self.drain_actions();
             self.dial();
             self.publish_status();

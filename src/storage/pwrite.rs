@@ -16,9 +16,10 @@
 //! Invariants:
 //! * `open` lists exactly the files whose handle is `Some`;
 //! * a file written since the last [`PwriteStore::flush`] (`dirty`) is open
-//!   and stays open until a flush synced it: closing never syncs, so a
-//!   writeback error is always reported by the flush that resume state
-//!   waits for, and a closed file holds nothing to make durable;
+//!   and stays open until a flush synced it: closing never syncs, so the
+//!   flush that resume state waits for syncs through the fd that wrote (a
+//!   writeback error cannot slip past it on a since-closed fd), and a
+//!   closed file holds nothing to make durable;
 //! * single-threaded: the store lives on one shard (`Cell`/`RefCell`, so
 //!   it is `Send` but not `Sync`), and no borrow is held across a call out.
 
