@@ -41,7 +41,7 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn write_all(backend: Backend, info: &Info, dir: &std::path::Path, order: &[u32], piece: &[u8]) {
-    let opts = StoreOptions { backend, allocation: Allocation::Full };
+    let opts = StoreOptions { backend, allocation: Allocation::Full, ..Default::default() };
     match backend {
         Backend::Uring => tokio_uring::start(async {
             let store = Rc::new(PieceStore::open(info, dir, opts).unwrap());
@@ -71,7 +71,7 @@ fn write_all(backend: Backend, info: &Info, dir: &std::path::Path, order: &[u32]
 }
 
 fn read_blocks(backend: Backend, info: &Info, dir: &std::path::Path, blocks: &[(u32, u32)]) {
-    let opts = StoreOptions { backend, allocation: Allocation::Full };
+    let opts = StoreOptions { backend, allocation: Allocation::Full, ..Default::default() };
     match backend {
         Backend::Uring => tokio_uring::start(async {
             let store = Rc::new(PieceStore::open(info, dir, opts).unwrap());

@@ -38,6 +38,7 @@ trackers = true
 # upload_slots = 8
 # upload_rate = "50M"                 # bytes per second for the whole process; 0 = unlimited
 # download_rate = 0
+# file_idle_close_secs = 60           # pwrite backend: close a data file unused this long
 "#;
 
 /// Arguments of `ringbit daemon`.

@@ -7,7 +7,7 @@
 //! can point at a config anywhere.
 
 use crate::config::{parse_size, Config};
-use crate::storage::Backend;
+use crate::storage::{Backend, FILE_IDLE_CLOSE_SECS};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -81,6 +81,7 @@ struct RawLimits {
     upload_slots: Option<usize>,
     upload_rate: Option<SizeValue>,
     download_rate: Option<SizeValue>,
+    file_idle_close_secs: Option<u64>,
 }
 
 /// The daemon's settings, validated, paths absolute.
@@ -107,6 +108,9 @@ pub struct DaemonConfig {
     /// Write resume state of changed torrents this often (default 300 s).
     pub resume_save_interval_secs: u64,
     pub max_torrents: usize,
+    /// Close a data file (pwrite backend) unused this long (default
+    /// [`FILE_IDLE_CLOSE_SECS`]).
+    pub file_idle_close_secs: u64,
 }
 
 impl DaemonConfig {
@@ -193,6 +197,10 @@ impl DaemonConfig {
         if resume_save_interval_secs == 0 {
             return Err(invalid("resume_save_interval_secs", "must be at least 1".into()));
         }
+        let file_idle_close_secs = limits.file_idle_close_secs.unwrap_or(FILE_IDLE_CLOSE_SECS);
+        if file_idle_close_secs == 0 {
+            return Err(invalid("limits.file_idle_close_secs", "must be at least 1".into()));
+        }
         let api_listen = raw.api_listen.unwrap_or_else(|| API_LISTEN_DEFAULT.parse().unwrap());
         Ok(DaemonConfig {
             engine,
@@ -207,6 +215,7 @@ impl DaemonConfig {
             backend,
             resume_save_interval_secs,
             max_torrents,
+            file_idle_close_secs,
         })
     }
 }
@@ -240,6 +249,7 @@ mod tests {
         assert!(c.trackers);
         assert_eq!(c.engine.upload_rate_limit_bytes_per_s, 0);
         assert_eq!(c.watch_dir, None);
+        assert_eq!(c.file_idle_close_secs, FILE_IDLE_CLOSE_SECS);
     }
 
     #[test]
@@ -265,6 +275,7 @@ mod tests {
             upload_slots = 4
             upload_rate = "10M"
             download_rate = 1000000
+            file_idle_close_secs = 5
             "#,
         )
         .unwrap();
@@ -277,6 +288,7 @@ mod tests {
         assert_eq!(c.backend, Backend::Mmap);
         assert_eq!(c.watch_dir.as_deref(), Some(Path::new("/srv/watch")));
         assert!(!c.trackers);
+        assert_eq!(c.file_idle_close_secs, 5);
     }
 
     #[test]
@@ -290,6 +302,10 @@ mod tests {
                 "upload_rate",
             ),
             ("state_dir = \"s\"\ndownload_dir = \"d\"\nbackend = \"floppy\"\n", "backend"),
+            (
+                "state_dir = \"s\"\ndownload_dir = \"d\"\n[limits]\nfile_idle_close_secs = 0\n",
+                "file_idle_close_secs",
+            ),
             ("state_dir = \"s\"\ndownload_dir = \"d\"\napi_listen = \"localhost\"\n", "api_listen"),
         ];
         for (text, key) in cases {

@@ -335,7 +335,11 @@ impl Daemon {
             download_dir: dir,
             wanted: Bitfield::full(info.piece_count()),
             have: resumed.have,
-            store_options: StoreOptions { backend: self.config.backend, ..StoreOptions::default() },
+            store_options: StoreOptions {
+                backend: self.config.backend,
+                file_idle_close_secs: self.config.file_idle_close_secs,
+                ..StoreOptions::default()
+            },
             peers: Vec::new(),
         };
         let started = self.with_session(|s| {
@@ -880,8 +884,10 @@ pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
     Ok(bytes)
 }
 
-/// Raises the soft open-file limit to the hard limit: every torrent keeps
-/// its files open, and every peer is a socket.
+/// Raises the soft open-file limit to the hard limit: every peer is a
+/// socket, the files of active torrents are open (pwrite: those read or
+/// written in the last `file_idle_close_secs`), and the mmap and io_uring
+/// backends keep every file of every torrent open.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.

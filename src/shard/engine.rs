@@ -6,7 +6,8 @@
 //! tokio-uring runtime, shared through `Rc`/`RefCell`). The core is never
 //! borrowed across an `.await`.
 //!
-//! Tasks per torrent: one ticker (timers, dialing, status), and per
+//! Tasks per torrent: one ticker (timers, dialing, status, closing storage
+//! files left idle: [`PieceStore::close_idle_files`]), and per
 //! connection one reader and one writer. Work the core asks for (hash, write,
 //! read) runs in short tasks that feed the result back to the core.
 //!
@@ -300,6 +301,9 @@ impl TorrentTask {
         if let Err(error) = self.store.flush().await {
             tracing::warn!(info_hash = %self.info_hash, %error, "flush at stop");
         }
+        // The ticker stops sweeping idle files now: release the flushed ones
+        // (a torrent stopped by an error may stay listed for a long time).
+        self.store.close_clean_files();
         self.publish_status();
         self.stop.notify_waiters();
         self.status.stopped.store(true, Ordering::Release);
@@ -367,6 +371,9 @@ impl TorrentTask {
             self.drain_actions();
             self.dial();
             self.publish_status();
+            // Fds follow activity: files unused for the store's idle time
+            // are closed (one check when none is open; see the storage docs).
+            self.store.close_idle_files(Instant::now());
         }
     }
 

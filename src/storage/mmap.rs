@@ -55,6 +55,11 @@ impl MmapStore {
         &self.layout
     }
 
+    /// Files held open (all of them, for the store's life).
+    pub fn open_file_count(&self) -> usize {
+        self.files.iter().flatten().count()
+    }
+
     pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
         write_piece_with(&self.layout, index, data, |span, src| {
             let m = self.files[span.file_index].as_ref().expect("non-empty file is mapped");

@@ -21,7 +21,14 @@
 //!   raises SIGBUS and kills the process, so a full disk must surface at
 //!   [`PieceStore::open`] as [`StorageError::DiskFull`] instead;
 //! * a full disk or an I/O error is a [`StorageError`] for that torrent, never a
-//!   panic; pieces already written stay on disk untouched.
+//!   panic; pieces already written stay on disk untouched;
+//! * [`PieceStore::open`] creates and allocates every file the same way for
+//!   every backend; mmap and io_uring then hold every file for the store's
+//!   life, pwrite holds a file only while it is in use (reopened on demand,
+//!   never re-created; closed by [`PieceStore::close_idle_files`] once idle
+//!   and flushed), so fds follow active torrents, not loaded ones;
+//! * after [`PieceStore::flush`] returns `Ok` every byte written before it is
+//!   durable, for every backend.
 
 pub mod check;
 mod mmap;
@@ -31,10 +38,11 @@ mod uring;
 
 use crate::bitfield::Bitfield;
 use crate::layout::{FileSpan, Layout, LayoutError};
-use crate::metainfo::Info;
+use crate::metainfo::{FileEntry, Info};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use mmap::MmapStore;
 pub use pwrite::PwriteStore;
@@ -84,11 +92,33 @@ pub enum Allocation {
     Sparse,
 }
 
+/// How long the pwrite backend keeps a file open after its last read or
+/// write, by default. Reopening costs one `open(2)` (microseconds), so this
+/// is not about cost but about fds following activity: a file served to an
+/// unchoked peer is read several times a second and a peer served only by
+/// the optimistic unchoke comes back every 30 s, so 60 s keeps the files of
+/// any torrent being served open, while an idle seed releases them within a
+/// minute or two (10,000 idle seeding torrents hold no data-file fds).
+pub const FILE_IDLE_CLOSE_SECS: u64 = 60;
+
 /// Options of [`PieceStore::open`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     pub backend: Backend,
     pub allocation: Allocation,
+    /// Pwrite backend: close a file unused for this long (see
+    /// [`PieceStore::close_idle_files`]); the other backends hold every file.
+    pub file_idle_close_secs: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            backend: Backend::default(),
+            allocation: Allocation::default(),
+            file_idle_close_secs: FILE_IDLE_CLOSE_SECS,
+        }
+    }
 }
 
 /// A storage failure for one torrent.
@@ -182,52 +212,58 @@ pub(crate) struct OpenFile {
 }
 
 /// Creates (or opens) every non-pad file read-write, with its directories,
-/// and reserves its space. Zero-length files are created and left empty.
+/// and reserves its space (see [`open_file`]); pad files are `None`.
 pub(crate) fn open_files(
     info: &Info,
     dir: &Path,
     allocation: Allocation,
 ) -> Result<Vec<Option<OpenFile>>, StorageError> {
-    let mut out = Vec::with_capacity(info.files.len());
-    for entry in &info.files {
-        if entry.pad {
-            out.push(None);
-            continue;
-        }
-        let path = file_path(dir, &entry.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StorageError::io(parent, "create directory", e, 0))?;
-        }
-        if path.exists() && !path.is_file() {
-            return Err(StorageError::NotAFile { path });
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, "open", e, entry.length))?;
-        let meta = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?;
-        let current = meta.len();
-        if current > entry.length {
-            // Longer than the torrent says: the extra bytes are not ours to
-            // serve; cut them so the mapping and reads match the layout.
-            file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
-        }
-        // A file already at its length with every block allocated (a
-        // complete download) needs no fallocate, and must not get one:
-        // fallocate bumps the mtime even when it allocates nothing, and a
-        // changed mtime makes the next start recheck the file.
-        use std::os::unix::fs::MetadataExt;
-        let allocated = current == entry.length && meta.blocks().saturating_mul(512) >= current;
-        if entry.length > 0 && !allocated {
-            reserve(&file, &path, entry.length, current, allocation)?;
-        }
-        out.push(Some(OpenFile { path, file, length: entry.length }));
+    info.files
+        .iter()
+        .map(|entry| (!entry.pad).then(|| open_file(entry, dir, allocation)).transpose())
+        .collect()
+}
+
+/// Creates (or opens) the non-pad file `entry` read-write under `dir`, with
+/// its directories, cuts it to the torrent's length if longer, and reserves
+/// its space. Zero-length files are created and left empty.
+pub(crate) fn open_file(
+    entry: &FileEntry,
+    dir: &Path,
+    allocation: Allocation,
+) -> Result<OpenFile, StorageError> {
+    let path = file_path(dir, &entry.path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StorageError::io(parent, "create directory", e, 0))?;
     }
-    Ok(out)
+    if path.exists() && !path.is_file() {
+        return Err(StorageError::NotAFile { path });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "open", e, entry.length))?;
+    let meta = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?;
+    let current = meta.len();
+    if current > entry.length {
+        // Longer than the torrent says: the extra bytes are not ours to
+        // serve; cut them so the mapping and reads match the layout.
+        file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
+    }
+    // A file already at its length with every block allocated (a
+    // complete download) needs no fallocate, and must not get one:
+    // fallocate bumps the mtime even when it allocates nothing, and a
+    // changed mtime makes the next start recheck the file.
+    use std::os::unix::fs::MetadataExt;
+    let allocated = current == entry.length && meta.blocks().saturating_mul(512) >= current;
+    if entry.length > 0 && !allocated {
+        reserve(&file, &path, entry.length, current, allocation)?;
+    }
+    Ok(OpenFile { path, file, length: entry.length })
 }
 
 fn reserve(
@@ -382,8 +418,20 @@ impl PieceStore {
                 Ok(PieceStore::Mmap(MmapStore::new(layout, files)?))
             }
             Backend::Pwrite => {
-                let files = open_files(info, dir, options.allocation)?;
-                Ok(PieceStore::Pwrite(PwriteStore::new(layout, files)))
+                // One file open at a time, closed once created and sized: a
+                // torrent with more files than the fd limit still loads,
+                // and an idle one holds no fd (see [`pwrite`]).
+                let mut paths = Vec::with_capacity(info.files.len());
+                for entry in &info.files {
+                    // The `OpenFile` is dropped here: its fd is closed.
+                    let path = match entry.pad {
+                        true => None,
+                        false => Some(open_file(entry, dir, options.allocation)?.path),
+                    };
+                    paths.push(path);
+                }
+                let idle_close = Duration::from_secs(options.file_idle_close_secs);
+                Ok(PieceStore::Pwrite(PwriteStore::new(layout, paths, idle_close)))
             }
             Backend::Uring => {
                 let files = open_files(info, dir, options.allocation)?;
@@ -481,6 +529,38 @@ impl PieceStore {
             PieceStore::Mmap(s) => s.flush(),
             PieceStore::Pwrite(s) => s.flush(),
             PieceStore::Uring(s) => s.flush().await,
+        }
+    }
+
+    /// Pwrite backend: closes the files no read or write touched for at
+    /// least [`StoreOptions::file_idle_close_secs`] before `now` (as seen by
+    /// successive calls; call it periodically), except those written since
+    /// the last [`PieceStore::flush`], which wait for it. The next read or
+    /// write reopens a file. Cheap when no file is open. The mmap and
+    /// io_uring backends hold every file for the store's life: a no-op.
+    pub fn close_idle_files(&self, now: Instant) {
+        if let PieceStore::Pwrite(s) = self {
+            s.close_idle_files(now);
+        }
+    }
+
+    /// Pwrite backend: closes every open file that holds no write since the
+    /// last [`PieceStore::flush`], however recently used (a stopped torrent,
+    /// whose ticker no longer calls [`PieceStore::close_idle_files`]). A
+    /// no-op for the other backends.
+    pub fn close_clean_files(&self) {
+        if let PieceStore::Pwrite(s) = self {
+            s.close_clean_files();
+        }
+    }
+
+    /// Files this store holds open now (pwrite: those in use; mmap: the
+    /// mapped ones; io_uring: every non-pad file).
+    pub fn open_file_count(&self) -> usize {
+        match self {
+            PieceStore::Mmap(s) => s.open_file_count(),
+            PieceStore::Pwrite(s) => s.open_file_count(),
+            PieceStore::Uring(s) => s.open_file_count(),
         }
     }
 
@@ -676,7 +756,11 @@ mod tests {
         let r = PieceStore::open(
             &info,
             dir.path(),
-            StoreOptions { backend: Backend::Mmap, allocation: Allocation::Sparse },
+            StoreOptions {
+                backend: Backend::Mmap,
+                allocation: Allocation::Sparse,
+                ..Default::default()
+            },
         );
         assert!(matches!(r, Err(StorageError::MmapNeedsFullAllocation)));
     }
@@ -698,5 +782,144 @@ mod tests {
             s.read_block_sync(1, 0, 16, &mut buf).unwrap();
             assert_eq!(buf, &data[16..32]);
         }
+    }
+
+    /// A pwrite store over `a` (5 bytes), a pad file, `b` (37 bytes) and an
+    /// empty `z`, every piece written through a first store and flushed.
+    fn written_pwrite_store(dir: &Path) -> (PieceStore, Vec<u8>) {
+        let info =
+            info(16, &[("a", 5, false), ("pad", 11, true), ("b", 37, false), ("z", 0, false)]);
+        let mut data = stream(info.total_length as usize);
+        data[5..16].fill(0);
+        {
+            let store = PieceStore::open(&info, dir, StoreOptions::default()).unwrap();
+            for i in 0..store.layout().piece_count() {
+                let s = i as usize * 16;
+                store.write_piece_sync(i, &data[s..(s + 16).min(data.len())]).unwrap();
+            }
+            futures_lite_block_on(store.flush()).unwrap();
+        }
+        let store = PieceStore::open(&info, dir, StoreOptions::default()).unwrap();
+        (store, data)
+    }
+
+    fn read(store: &PieceStore, index: u32, begin: u32, len: u32) -> Result<Vec<u8>, StorageError> {
+        let mut buf = Vec::new();
+        store.read_block_sync(index, begin, len, &mut buf).map(|_| buf)
+    }
+
+    const IDLE: Duration = Duration::from_secs(FILE_IDLE_CLOSE_SECS);
+
+    #[test]
+    fn pwrite_opens_files_on_demand_and_closes_them_after_the_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, data) = written_pwrite_store(dir.path());
+        assert_eq!(store.open_file_count(), 0, "open creates and sizes, then closes");
+        let t0 = Instant::now();
+        store.close_idle_files(t0);
+        assert_eq!(store.open_file_count(), 0);
+
+        assert_eq!(read(&store, 0, 0, 5).unwrap(), &data[..5]); // a
+        assert_eq!(read(&store, 2, 0, 16).unwrap(), &data[32..48]); // b
+        assert_eq!(store.open_file_count(), 2);
+        store.close_idle_files(t0); // both seen in use now
+        store.close_idle_files(t0 + IDLE - Duration::from_millis(1));
+        assert_eq!(store.open_file_count(), 2, "not idle long enough");
+        assert_eq!(read(&store, 0, 1, 2).unwrap(), &data[1..3]); // a used again
+        store.close_idle_files(t0 + IDLE);
+        assert_eq!(store.open_file_count(), 1, "b closed, a used since the last call");
+        store.close_idle_files(t0 + IDLE + IDLE);
+        assert_eq!(store.open_file_count(), 0);
+
+        // Reopened transparently, same bytes, and through append_block too.
+        assert_eq!(read(&store, 1, 0, 16).unwrap(), &data[16..32]);
+        let mut out = b"x".to_vec();
+        store.append_block(0, 0, 16, &mut out).unwrap();
+        assert_eq!(&out[1..], &data[..16]);
+        assert_eq!(store.open_file_count(), 2);
+        store.close_clean_files();
+        assert_eq!(store.open_file_count(), 0);
+    }
+
+    #[test]
+    fn mmap_and_uring_keep_their_files_whatever_the_idle_sweep() {
+        let info = info(16, &[("a", 5, false), ("b", 37, false), ("z", 0, false)]);
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { backend: Backend::Mmap, ..Default::default() };
+        let store = PieceStore::open(&info, dir.path(), options).unwrap();
+        assert_eq!(store.open_file_count(), 2, "the two non-empty files are mapped");
+        store.close_idle_files(Instant::now() + 10 * IDLE);
+        store.close_clean_files();
+        assert_eq!(store.open_file_count(), 2);
+        let info = &info;
+        let path = dir.path();
+        tokio_uring::start(async move {
+            let options = StoreOptions { backend: Backend::Uring, ..Default::default() };
+            let store = PieceStore::open(info, path, options).unwrap();
+            assert_eq!(store.open_file_count(), 3);
+            store.close_idle_files(Instant::now() + 10 * IDLE);
+            assert_eq!(store.open_file_count(), 3);
+        });
+    }
+
+    /// A file written since the last flush stays open (closing never
+    /// syncs) until a flush made it durable; then the sweep closes it.
+    #[test]
+    fn pwrite_keeps_a_written_file_open_until_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut data) = written_pwrite_store(dir.path());
+        let piece: Vec<u8> = (0..16).map(|i| 200 + i as u8).collect();
+        store.write_piece_sync(2, &piece).unwrap(); // b
+        data[32..48].copy_from_slice(&piece);
+        assert_eq!(store.open_file_count(), 1);
+        let t0 = Instant::now();
+        store.close_idle_files(t0);
+        store.close_idle_files(t0 + 10 * IDLE);
+        store.close_clean_files();
+        assert_eq!(store.open_file_count(), 1, "dirty: kept for the flush");
+        futures_lite_block_on(store.flush()).unwrap();
+        store.close_idle_files(t0 + 10 * IDLE);
+        assert_eq!(store.open_file_count(), 0, "clean and idle since t0: closed");
+        assert_eq!(read(&store, 2, 0, 16).unwrap(), piece);
+        // A write refused before any I/O opens and dirties nothing.
+        assert!(store.write_piece_sync(9, &piece).is_err());
+        store.close_clean_files();
+        assert_eq!(store.open_file_count(), 0);
+        drop(store);
+        assert_eq!(std::fs::read(dir.path().join("t").join("b")).unwrap(), &data[16..]);
+    }
+
+    /// A user deleting a seeded file: the next read or write while it is
+    /// closed fails naming the file and "open", only for that file, and
+    /// the file is not created again (an empty file would be served or
+    /// half-filled as if it were the torrent's).
+    #[test]
+    fn pwrite_never_recreates_a_file_deleted_while_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, data) = written_pwrite_store(dir.path());
+        let b = dir.path().join("t").join("b");
+        std::fs::remove_file(&b).unwrap();
+        let error = read(&store, 2, 0, 16).unwrap_err();
+        match &error {
+            StorageError::Io { path, op, source } => {
+                assert_eq!(path, &b);
+                assert_eq!(*op, "open");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = error.to_string();
+        assert!(text.contains(&*b.to_string_lossy()) && text.contains("open"), "{text}");
+        let mut out = b"head".to_vec();
+        assert!(store.append_block(1, 0, 16, &mut out).is_err());
+        assert_eq!(out, b"head", "cut back after the failed span");
+        let r = store.write_piece_sync(2, &data[32..48]);
+        assert!(matches!(r, Err(StorageError::Io { op: "open", .. })), "{r:?}");
+        assert!(!b.exists(), "never re-created");
+        assert_eq!(store.open_file_count(), 0);
+        futures_lite_block_on(store.flush()).unwrap();
+        // The other files still serve.
+        assert_eq!(read(&store, 0, 0, 5).unwrap(), &data[..5]);
+        assert_eq!(store.open_file_count(), 1);
     }
 }

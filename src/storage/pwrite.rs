@@ -1,25 +1,90 @@
-//! The pwrite backend: `pwrite`/`pread` through std's `FileExt`.
+//! The pwrite backend: `pwrite`/`pread` through std's `FileExt`, with files
+//! opened on demand and closed when idle.
 //!
 //! Layer: driver. Synchronous: each call completes before it returns (the
 //! page cache absorbs the write; measured 1.5 GB/s for whole pieces, twice the
 //! mmap backend). A full disk (sparse allocation) is ENOSPC here, never SIGBUS.
+//!
+//! File descriptors follow activity, not the torrent's life: a seed box with
+//! 10,000 idle torrents must not hold an fd per data file (it ran into
+//! RLIMIT_NOFILE). [`super::PieceStore::open`] creates and allocates every
+//! file, then closes it; a read or write (re)opens the file it touches
+//! (read-write, never create or truncate: a file deleted while closed is a
+//! [`StorageError::Io`] with op `"open"`, not an empty file served as data);
+//! [`PwriteStore::close_idle_files`] closes those unused for the idle time.
+//!
+//! Invariants:
+//! * `open` lists exactly the files whose handle is `Some`;
+//! * a file written since the last [`PwriteStore::flush`] (`dirty`) is open
+//!   and stays open until a flush synced it: closing never syncs, so the
+//!   flush that resume state waits for syncs through the fd that wrote (a
+//!   writeback error cannot slip past it on a since-closed fd), and a
+//!   closed file holds nothing to make durable;
+//! * single-threaded: the store lives on one shard (`Cell`/`RefCell`, so
+//!   it is `Send` but not `Sync`), and no borrow is held across a call out.
 
-use super::{append_block_with, read_block_with, write_piece_with, OpenFile, StorageError};
+use super::{append_block_with, read_block_with, write_piece_with, StorageError};
 use crate::layout::{FileSpan, Layout};
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// Files opened read-write, addressed through the layout.
+/// One non-pad file of the torrent: where it is, and a handle while in use.
+struct LazyFile {
+    path: PathBuf,
+    handle: RefCell<Option<File>>,
+    /// Read or written since the last [`PwriteStore::close_idle_files`].
+    used: Cell<bool>,
+    /// Written since the last successful sync (see the module invariants).
+    dirty: Cell<bool>,
+    /// The sweep that last saw the file used (`None` until one has).
+    used_at: Cell<Option<Instant>>,
+}
+
+impl LazyFile {
+    /// Drops the handle (closing the fd) and forgets when it was used.
+    fn close(&self) {
+        drop(self.handle.borrow_mut().take());
+        self.used.set(false);
+        self.used_at.set(None);
+    }
+}
+
+/// The torrent's files, opened while in use, addressed through the layout.
 pub struct PwriteStore {
     layout: Layout,
-    files: Vec<Option<OpenFile>>,
+    files: Vec<Option<LazyFile>>,
+    /// Indices into `files` of the open ones: a sweep and a flush visit only
+    /// these, so both cost nothing for an idle torrent.
+    open: RefCell<Vec<usize>>,
+    idle_close: Duration,
 }
 
 impl PwriteStore {
-    pub(crate) fn new(layout: Layout, files: Vec<Option<OpenFile>>) -> PwriteStore {
-        PwriteStore { layout, files }
+    /// A store over `paths` (one per file of the layout, `None` for pad
+    /// files), all created and allocated already and none open.
+    pub(crate) fn new(
+        layout: Layout,
+        paths: Vec<Option<PathBuf>>,
+        idle_close: Duration,
+    ) -> PwriteStore {
+        let files = paths
+            .into_iter()
+            .map(|p| {
+                p.map(|path| LazyFile {
+                    path,
+                    handle: RefCell::new(None),
+                    used: Cell::new(false),
+                    dirty: Cell::new(false),
+                    used_at: Cell::new(None),
+                })
+            })
+            .collect();
+        PwriteStore { layout, files, open: RefCell::new(Vec::new()), idle_close }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -28,10 +93,8 @@ impl PwriteStore {
 
     pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
         write_piece_with(&self.layout, index, data, |span, bytes| {
-            let f = self.files[span.file_index].as_ref().expect("non-pad file is open");
-            f.file
-                .write_all_at(bytes, span.file_offset)
-                .map_err(|e| StorageError::io(&f.path, "write", e, span.len as u64))
+            self.with_file(span.file_index, true, |file| file.write_all_at(bytes, span.file_offset))
+                .map_err(|(path, op, e)| StorageError::io(path, op, e, span.len as u64))
         })
     }
 
@@ -61,16 +124,107 @@ impl PwriteStore {
     }
 
     fn pread_span(&self, span: &FileSpan, out: &mut Vec<u8>) -> Result<(), StorageError> {
-        let f = self.files[span.file_index].as_ref().expect("non-pad file is open");
-        pread_append(&f.file, span.file_offset, span.len as usize, out)
-            .map_err(|e| StorageError::io(&f.path, "read", e, 0))
+        self.with_file(span.file_index, false, |file| {
+            pread_append(file, span.file_offset, span.len as usize, out)
+        })
+        .map_err(|(path, op, e)| StorageError::io(path, op, e, 0))
     }
 
+    /// Runs `io` on file `index`, opening it first if it is closed. A
+    /// `write` marks the file dirty before it starts (a failed write may
+    /// have stored part of its bytes). Errors name the file and the
+    /// operation (`"open"`, `"write"` or `"read"`).
+    fn with_file<T>(
+        &self,
+        index: usize,
+        write: bool,
+        io: impl FnOnce(&File) -> io::Result<T>,
+    ) -> Result<T, (&std::path::Path, &'static str, io::Error)> {
+        let f = self.files[index].as_ref().expect("file spans never name a pad file");
+        let mut handle = f.handle.borrow_mut();
+        let file: &File = match &mut *handle {
+            Some(file) => file,
+            slot @ None => {
+                // Read-write, no create, no truncate: the file was created
+                // and sized at open; if it is gone now, serving or filling
+                // an empty replacement would be wrong.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&f.path)
+                    .map_err(|e| (f.path.as_path(), "open", e))?;
+                self.open.borrow_mut().push(index);
+                slot.insert(file)
+            }
+        };
+        f.used.set(true);
+        if write {
+            f.dirty.set(true);
+        }
+        io(file).map_err(|e| (f.path.as_path(), if write { "write" } else { "read" }, e))
+    }
+
+    /// Makes every write durable: `fdatasync` of each file written since
+    /// the last flush. Those are all open (a dirty file is never closed); a
+    /// closed file holds nothing unsynced.
     pub fn flush(&self) -> Result<(), StorageError> {
-        for f in self.files.iter().flatten() {
-            f.file.sync_data().map_err(|e| StorageError::io(&f.path, "fdatasync", e, 0))?;
+        for &index in self.open.borrow().iter() {
+            let Some(f) = &self.files[index] else { continue };
+            if !f.dirty.get() {
+                continue;
+            }
+            if let Some(file) = &*f.handle.borrow() {
+                file.sync_data().map_err(|e| StorageError::io(&f.path, "fdatasync", e, 0))?;
+            }
+            f.dirty.set(false);
         }
         Ok(())
+    }
+
+    /// Closes every clean file that no read or write touched for at least
+    /// the idle time, as seen by the calls to this: a file used since the
+    /// previous call is stamped `now`, and closed by the first call at
+    /// least the idle time later that finds it unused since. Dirty files
+    /// wait for the next [`PwriteStore::flush`]. Costs one check when no
+    /// file is open, otherwise a visit of the open ones.
+    pub fn close_idle_files(&self, now: Instant) {
+        let mut open = self.open.borrow_mut();
+        if open.is_empty() {
+            return;
+        }
+        open.retain(|&index| {
+            let Some(f) = &self.files[index] else { return false };
+            let used_at = match f.used_at.get() {
+                Some(at) if !f.used.get() => at,
+                _ => {
+                    f.used.set(false);
+                    f.used_at.set(Some(now));
+                    return true;
+                }
+            };
+            if f.dirty.get() || now.saturating_duration_since(used_at) < self.idle_close {
+                return true;
+            }
+            f.close();
+            false
+        });
+    }
+
+    /// Closes every open file with no unflushed write, used or not.
+    pub fn close_clean_files(&self) {
+        self.open.borrow_mut().retain(|&index| {
+            let Some(f) = &self.files[index] else { return false };
+            if f.dirty.get() {
+                return true;
+            }
+            f.close();
+            false
+        });
+    }
+
+    /// Files with an open descriptor now.
+    pub fn open_file_count(&self) -> usize {
+        self.open.borrow().len()
     }
 }
 

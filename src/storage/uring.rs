@@ -45,6 +45,11 @@ impl UringStore {
         &self.layout
     }
 
+    /// Files held open (all of them, for the store's life).
+    pub fn open_file_count(&self) -> usize {
+        self.files.iter().flatten().count()
+    }
+
     pub async fn write_piece(
         &self,
         index: u32,

@@ -27,6 +27,9 @@ const DOWNLOAD_LIMIT: Duration = Duration::from_secs(60);
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// One API request.
 const HTTP_LIMIT: Duration = Duration::from_secs(20);
+/// Data files closed after `file_idle_close_secs = 1` (the sweep runs every
+/// second; a generous margin for a loaded machine).
+const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(20);
 /// Largest API reply read (the list of 1,000 torrents is ~700 KB).
 const HTTP_REPLY_MAX: u64 = 64 << 20;
 
@@ -212,6 +215,17 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     config
 }
 
+/// Open fds of process `pid` on files under `dir` (its `/proc/<pid>/fd`
+/// links); panics when the process is gone (0 would then prove nothing).
+fn fds_under(pid: u32, dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .flatten()
+        .filter(|link| std::fs::read_link(link.path()).is_ok_and(|target| target.starts_with(&dir)))
+        .count()
+}
+
 /// The value of the first sample of `name` whose labels contain `labels`.
 fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
@@ -239,6 +253,8 @@ fn a_thousand_torrents_announce_serve_stop_and_restart_without_rehash() {
     let status = daemon.wait_seeding(TORRENTS);
     assert_eq!(status["torrents"], TORRENTS);
     assert_eq!(status["shards"], 2);
+    // Loading a seeding torrent opens no data file for good (pwrite backend).
+    assert_eq!(fds_under(daemon.guard.child.id(), &data), 0);
 
     // The API lists all 1,000, on both shards, each fully verified.
     let list = daemon.get_json("/api/v1/torrents");
@@ -441,7 +457,10 @@ fn daemon_downloads_checkpoints_and_survives_sigkill() {
     let torrent = payload.torrent_http(&tracker);
     let _seeder = Seeder::start(PeerKind::Libtorrent, &torrent, &payload.save_path, Some(&tracker));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "trackers = true\nresume_save_interval_secs = 1\n");
+    let config = write_config(
+        dir.path(),
+        "trackers = true\nresume_save_interval_secs = 1\n[limits]\nfile_idle_close_secs = 1\n",
+    );
     let state = dir.path().join("state");
     let mut daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
     let body = format!("{{\"path\": \"{}\"}}", torrent.display());
@@ -468,11 +487,81 @@ fn daemon_downloads_checkpoints_and_survives_sigkill() {
         })
     });
     assert!(saved, "no complete checkpoint written\n{}", daemon.log());
+    // Written files stay open until a flush made them durable, then close
+    // once idle: after the checkpoint none is open.
+    let data = dir.path().join("data");
+    let pid = daemon.guard.child.id();
+    let closed = helpers::wait_until(IDLE_CLOSE_LIMIT, || fds_under(pid, &data) == 0);
+    assert!(closed, "{} data files still open\n{}", fds_under(pid, &data), daemon.log());
     daemon.guard.signal(libc::SIGKILL);
     daemon.guard.wait_timeout(STOP_LIMIT).expect("SIGKILL ends it");
 
     let daemon = Daemon::start(&config, &state, &dir.path().join("daemon-2.log"));
     let status = daemon.wait_seeding(1);
     assert_eq!(status["startup"]["rechecked_pieces"], 0, "{status}");
+    daemon.stop();
+}
+
+/// Goal: a seed box holds an fd for a data file only while the file is in
+/// use (pwrite backend), so thousands of idle torrents do not exhaust
+/// RLIMIT_NOFILE.
+/// Setup: the daemon with `file_idle_close_secs = 1` seeds the 8 MiB
+/// multi-file payload in place (added through the API, checked at add); a
+/// libtorrent leecher downloads it from the daemon alone.
+/// Check: seeding with no data file open; files open while the leecher is
+/// served (reopened on demand) and the download is byte-identical; after the
+/// leecher leaves, no data file is open again (bounded wait).
+#[test]
+fn daemon_opens_data_files_only_while_serving_them() {
+    let payload = Payload::multi_file("multi", 18);
+    let torrent = payload.torrent(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "trackers = false\n[limits]\nfile_idle_close_secs = 1\n");
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
+    let body = format!(
+        "{{\"path\": \"{}\", \"download_dir\": \"{}\"}}",
+        torrent.display(),
+        payload.save_path.display()
+    );
+    let (code, reply) =
+        daemon.request("POST", "/api/v1/torrents", "application/json", body.as_bytes());
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&reply));
+    let status = daemon.wait_seeding(1);
+    let pid = daemon.guard.child.id();
+    let data = &payload.save_path;
+    assert_eq!(fds_under(pid, data), 0, "open creates and checks, then closes");
+
+    let port = status["listen_port"].as_u64().unwrap() as u16;
+    let out = tempfile::tempdir().unwrap();
+    let mut leecher = Leecher::start(
+        PeerKind::Libtorrent,
+        &torrent,
+        out.path(),
+        &[SocketAddr::from(([127, 0, 0, 1], port))],
+        None,
+    );
+    // Watch the daemon's fds while it serves: a file stays open at least a
+    // second after its last read, so a 10 ms poll cannot miss it.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most_open = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(fds_under(pid, data));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        });
+        let result = leecher.wait_complete(DOWNLOAD_LIMIT);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        result.unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+        watcher.join().unwrap()
+    });
+    leecher.assert_same_as(data);
+    assert!(most_open > 0, "no data file was ever open while serving");
+    drop(leecher);
+    let closed = helpers::wait_until(IDLE_CLOSE_LIMIT, || fds_under(pid, data) == 0);
+    assert!(closed, "{} data files still open\n{}", fds_under(pid, data), daemon.log());
     daemon.stop();
 }

@@ -82,7 +82,7 @@ fn full_disk_at_open_is_a_typed_error_for_every_backend() {
             PieceStore::open(
                 &info,
                 fs.path(),
-                StoreOptions { backend, allocation: Allocation::Full },
+                StoreOptions { backend, allocation: Allocation::Full, ..Default::default() },
             )
             .map(|_| ())
         });
@@ -115,7 +115,7 @@ fn mmap_never_maps_a_sparse_file_on_a_full_disk() {
     let r = PieceStore::open(
         &info,
         fs.path(),
-        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full },
+        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full, ..Default::default() },
     );
     assert!(matches!(r, Err(StorageError::DiskFull { .. })), "{:?}", r.err());
 }
@@ -131,7 +131,7 @@ fn full_disk_mid_download_keeps_written_pieces() {
             let store = PieceStore::open(
                 &info,
                 fs.path(),
-                StoreOptions { backend, allocation: Allocation::Sparse },
+                StoreOptions { backend, allocation: Allocation::Sparse, ..Default::default() },
             )
             .unwrap();
             let mut ok = Vec::new();
@@ -175,7 +175,7 @@ fn mmap_preallocated_survives_disk_filling_up() {
     let store = PieceStore::open(
         &info,
         fs.path(),
-        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full },
+        StoreOptions { backend: Backend::Mmap, allocation: Allocation::Full, ..Default::default() },
     )
     .unwrap();
     let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
