@@ -29,6 +29,8 @@ Measures
                saying all N torrents are present and seeding.
   peak RSS     VmHWM from /proc/PID/status at the settle point (covers load).
   settled RSS  VmRSS --settle-s after load.
+  settled fds  entries of /proc/PID/fd at the same moment (sockets, logs and
+               data files: ringbit opens a data file only while it serves it).
   load CPU-s   user+sys of the process (all threads) from start to loaded.
   stop s       clean-stop request to process exit (saving resume state).
   rehash       ringbit: `startup.rechecked_pieces` from its status API.
@@ -163,6 +165,14 @@ def proc_status(pid):
     except OSError:
         pass
     return out
+
+
+def open_fds(pid):
+    """How many file descriptors the process holds (/proc/PID/fd), or None."""
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return None
 
 
 def proc_io(pid):
@@ -490,6 +500,7 @@ class Client:
         extra = self.after_loaded(last)
         time.sleep(self.args.settle_s)
         ps = proc_status(pid)
+        fds_settled = open_fds(pid)
         cpu_settled = proc_cpu_s(pid)
         extra.update(self.verify_settled())
         stop_s, code, ru = self.stop()
@@ -503,6 +514,7 @@ class Client:
             "peak_rss_at_load_mib": hwm_load / 1024,
             "peak_rss_mib": ps["VmHWM"] / 1024,
             "settled_rss_mib": ps["VmRSS"] / 1024,
+            "settled_fds": fds_settled,
             "stop_s": stop_s,
             "exit_code": code,
             "rchar_at_load": io_load.get("rchar", 0) - io0["rchar"],
@@ -852,7 +864,7 @@ def summarize(results):
             continue
         out[name] = {k: median([r[k] for r in runs]) for k in
                      ("load_s", "settled_rss_mib", "peak_rss_mib", "load_cpu_s", "stop_s",
-                      "settled_cpu_s", "first_api_reply_s")}
+                      "settled_cpu_s", "first_api_reply_s", "settled_fds")}
         out[name]["rehash_seen_max"] = max(r["rehash_seen"] for r in runs)
         out[name]["rchar_at_load_max"] = max(r["rchar_at_load"] for r in runs)
     return out
@@ -865,18 +877,19 @@ def fmt(v, spec="%.2f"):
 def table(summary, runs, count):
     base = summary.get("ringbit")
     head = ("| client | load s | settled RSS MiB | peak RSS MiB | load CPU-s | stop s "
-            "| load x ringbit | settled RSS x ringbit | rehash seen | read(2) MiB at load |")
-    lines = [head, "|" + "---|" * 10]
+            "| load x ringbit | settled RSS x ringbit | rehash seen | read(2) MiB at load "
+            "| settled fds |")
+    lines = [head, "|" + "---|" * 11]
     for name, s in summary.items():
         def ratio(k):
             if not base or not base.get(k) or s.get(k) is None:
                 return "-"
             return "%.1fx" % (s[k] / base[k])
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, fmt(s["load_s"]), fmt(s["settled_rss_mib"], "%.0f"),
             fmt(s["peak_rss_mib"], "%.0f"), fmt(s["load_cpu_s"]), fmt(s["stop_s"], "%.1f"),
             ratio("load_s"), ratio("settled_rss_mib"), s["rehash_seen_max"],
-            fmt(s["rchar_at_load_max"] / MIB, "%.1f")))
+            fmt(s["rchar_at_load_max"] / MIB, "%.1f"), fmt(s["settled_fds"], "%.0f")))
     return "\n".join(lines)
 
 
