@@ -113,19 +113,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let seeder_cpu_before = proc_cpu_seconds(seeder.id()).unwrap_or(0.0);
     let started = Instant::now();
-    let mut leechers = Vec::new();
-    for i in 0..args.leechers {
-        let dir = work.path.join(format!("leech{i}"));
+    let mut running = Vec::new();
+    for index in 0..args.leechers {
+        let dir = work.path.join(format!("leech{index}"));
         std::fs::create_dir_all(&dir)?;
         let flags = vec!["--peer".to_string(), format!("127.0.0.1:{port}")];
-        let log = work.path.join(format!("leech{i}.log"));
-        leechers.push((spawn(&exe, &torrent, &dir, &flags, &args.engine_flags, &log)?, dir, log));
+        let log = work.path.join(format!("leech{index}.log"));
+        let child = spawn(&exe, &torrent, &dir, &flags, &args.engine_flags, &log)?;
+        running.push(Leecher { index, child, dir, log, log_read: 0, finished: None });
     }
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let mut running: Vec<Leecher> = leechers
-        .into_iter()
-        .map(|(child, dir, log)| Leecher { child, dir, log, log_read: 0, finished: None })
-        .collect();
     let mut results = Vec::new();
     // The seeder's CPU when the last leecher finished (its exit flush is not
     // the seeder's work).
@@ -163,7 +160,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             log_tail(&leecher.log)
                         );
                     };
-                    results.push(LeecherResult { finished, exited, usage, dir: leecher.dir });
+                    results.push(LeecherResult {
+                        index: leecher.index,
+                        finished,
+                        exited,
+                        usage,
+                        dir: leecher.dir,
+                    });
                 }
             }
         }
@@ -187,7 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(LEECHER_POLL);
     }
-    results.sort_by(|a, b| a.dir.cmp(&b.dir));
+    results.sort_by_key(|r| r.index);
     let transfer_seconds = results.iter().map(|r| r.finished).fold(0.0, f64::max);
     let seeder_cpu = seeder_cpu_at_finish.or_else(|| proc_cpu_seconds(seeder.id())).unwrap_or(0.0)
         - seeder_cpu_before;
@@ -235,10 +238,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{:<10} {:>10} {:>10} {:>10} {:>14} {:>12}",
             "side", "MB/s", "seconds", "exit s", "CPU-s per GiB", "peak RSS"
         );
-        for (i, r) in results.iter().enumerate() {
+        for r in &results {
             println!(
                 "{:<10} {:>10.0} {:>10.2} {:>10.2} {:>14.2} {:>12}",
-                format!("leecher{i}"),
+                format!("leecher{}", r.index),
                 args.size as f64 / r.finished / 1e6,
                 r.finished,
                 r.exited,
@@ -364,6 +367,8 @@ fn wait_listening(port: u16, seeder: &mut Child, limit: Duration) -> anyhow::Res
 
 /// A leecher process being watched.
 struct Leecher {
+    /// Its number: `leech{index}` is its directory.
+    index: usize,
     child: Child,
     dir: PathBuf,
     log: PathBuf,
@@ -394,6 +399,7 @@ impl Leecher {
 
 /// What one leecher did.
 struct LeecherResult {
+    index: usize,
     /// Seconds from the start to its "download finished" line.
     finished: f64,
     /// Seconds from the start to its exit (after flushing to disk).
