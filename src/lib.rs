@@ -10,7 +10,7 @@
 //!
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
-//!   [`layout`], [`wire`], [`peer`], [`picker`], [`choker`], [`torrent`],
+//!   [`layout`], [`wire`], [`peer`], [`picker`], [`choker`], [`torrent`], [`metadata`], [`pex`],
 //!   [`rate_limit`], [`tracker`], [`resume`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
@@ -31,9 +31,11 @@ pub mod daemon;
 pub mod hash;
 pub mod layout;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod net;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod rate_limit;
 pub mod resume;

@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod config;
+pub mod magnets;
 pub mod metrics;
 pub mod registry;
 pub mod watch;
@@ -129,6 +130,11 @@ pub struct Daemon {
     started_at: Instant,
     startup: Startup,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Magnet links whose metadata is being fetched ([`magnets`]).
+    magnets: Mutex<magnets::Pending>,
+    magnet_jobs: Sender<magnets::MagnetJob>,
+    /// Peers a finished fetch learned, for its torrent's first dials.
+    magnet_peers: Mutex<std::collections::HashMap<InfoHash, Vec<std::net::SocketAddr>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -176,6 +182,7 @@ impl Daemon {
         let session = Session::start(options)?;
         let (start_jobs, jobs) = crossbeam_channel::unbounded();
         let (stop_signal, stop_receiver) = crossbeam_channel::bounded(0);
+        let (magnet_jobs, magnet_receiver) = crossbeam_channel::unbounded();
         let daemon = Arc::new(Daemon {
             listen_port: session.listen_port(),
             shard_count: session.shard_count(),
@@ -191,6 +198,9 @@ impl Daemon {
             started_at: Instant::now(),
             startup: Startup::default(),
             threads: Mutex::new(Vec::new()),
+            magnets: Mutex::new(magnets::Pending::default()),
+            magnet_jobs,
+            magnet_peers: Mutex::new(std::collections::HashMap::new()),
         });
         let starters = (crate::hash::default_threads() * 2).max(STARTER_THREADS_MIN);
         for i in 0..starters {
@@ -199,6 +209,8 @@ impl Daemon {
             daemon.spawn(&format!("ringbit-start-{i}"), move || d.run_starter(jobs))?;
         }
         daemon.load_registry();
+        let d = daemon.clone();
+        daemon.spawn("ringbit-magnets", move || d.run_magnets(magnet_receiver))?;
         let d = daemon.clone();
         daemon.spawn("ringbit-resume", move || d.run_resume_saver())?;
         Ok(daemon)
@@ -340,7 +352,7 @@ impl Daemon {
                 file_idle_close_secs: self.config.file_idle_close_secs,
                 ..StoreOptions::default()
             },
-            peers: Vec::new(),
+            peers: lock(&self.magnet_peers).remove(&info_hash).unwrap_or_default(),
         };
         let started = self.with_session(|s| {
             let status = s.add(add)?;
@@ -402,8 +414,9 @@ impl Daemon {
         }
     }
 
-    /// Adds a torrent from its .torrent bytes: registered, then checked and
-    /// started in the background. Returns its info hash and name.
+    /// Adds a torrent from its .torrent bytes (or a magnet link: see
+    /// [`Daemon::add_magnet`]): registered, then checked and started in the
+    /// background. Returns its info hash and name.
     pub fn add_torrent(
         &self,
         bytes: Vec<u8>,
@@ -411,6 +424,11 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
+        if magnets::is_magnet(&bytes) {
+            let uri = std::str::from_utf8(&bytes)
+                .map_err(|_| DaemonError::BadTorrent("magnet link is not UTF-8".into()))?;
+            return self.add_magnet(uri, download_dir, source, paused);
+        }
         let metainfo =
             Metainfo::from_bytes(&bytes).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
         let info_hash = metainfo.info_hash;
@@ -548,6 +566,9 @@ impl Daemon {
     /// Stops a torrent and forgets it (its data stays on disk; its resume
     /// state is deleted).
     pub fn remove(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        if self.remove_magnet(info_hash) {
+            return Ok(());
+        }
         let _ops = lock(&self.ops);
         self.settle_startup(info_hash);
         let entry =

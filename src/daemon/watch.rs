@@ -1,4 +1,5 @@
-//! The watch directory: a `.torrent` file that appears there is added to the
+//! The watch directory: a `.torrent` file (or a `.magnet` file holding one
+//! magnet link) that appears there is added to the
 //! daemon; when the file goes, its torrent is stopped and forgotten.
 //!
 //! Layer: driver (a polling thread). Polling every `watch_interval_secs`
@@ -82,7 +83,8 @@ pub fn scan(dir: &Path) -> std::io::Result<HashMap<PathBuf, Stamp>> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let path = entry.path();
-        if path.extension().is_none_or(|x| x != "torrent") {
+        // `.magnet`: a file holding one magnet link (see `magnets`).
+        if path.extension().is_none_or(|x| x != "torrent" && x != "magnet") {
             continue;
         }
         let Ok(meta) = std::fs::metadata(&path) else { continue };

@@ -234,6 +234,7 @@ impl TorrentTask {
             status.completed.store(true, Ordering::Release);
         }
         core.set_process_limits(ctx.rate_limits.clone());
+        core.serve_metadata(torrent.metainfo.clone());
         let task = Rc::new(TorrentTask {
             ctx,
             info_hash: torrent.metainfo.info_hash,
@@ -624,6 +625,11 @@ impl TorrentTask {
                 Action::Disconnect { conn, reason, ban } => {
                     tracing::debug!(conn, %reason, ban, "disconnect");
                     self.forget(conn);
+                }
+                Action::Peers(peers) => {
+                    let (learned, ignored) = self.core.borrow().pex_counts();
+                    tracing::info!(count = peers.len(), learned, ignored, "peers learned from PEX");
+                    self.add_peers(&peers);
                 }
                 Action::Completed => {
                     if self.status.completed.swap(true, Ordering::AcqRel) {
