@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod download;
 mod foundation;
