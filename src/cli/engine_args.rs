@@ -6,7 +6,7 @@
 use super::units::parse_size;
 use crate::config::Config;
 use crate::session::SessionOptions;
-use crate::storage::{Backend, StoreOptions};
+use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
@@ -39,6 +39,12 @@ pub struct EngineArgs {
     #[arg(long, default_value = "pwrite", value_parser = parse_backend)]
     pub backend: Backend,
 
+    /// How data files are reserved: `full` (fallocate the whole file, so a
+    /// torrent that does not fit fails at start) or `sparse` (set the length
+    /// only; for filesystems without fallocate such as NFSv3 and some FUSE).
+    #[arg(long, default_value = "full", value_parser = parse_allocation)]
+    pub allocation: Allocation,
+
     /// Connected peers per torrent at most.
     #[arg(long, default_value_t = Config::default().max_peers_per_torrent)]
     pub max_peers: usize,
@@ -59,6 +65,10 @@ pub struct EngineArgs {
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
+}
+
+fn parse_allocation(s: &str) -> Result<Allocation, String> {
     s.parse()
 }
 
@@ -90,7 +100,11 @@ impl EngineArgs {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { backend: self.backend, ..StoreOptions::default() }
+        StoreOptions {
+            backend: self.backend,
+            allocation: self.allocation,
+            ..StoreOptions::default()
+        }
     }
 
     /// `--peer` addresses, resolved.
@@ -138,5 +152,14 @@ mod tests {
         assert_eq!(unlimited.config.upload_rate_limit_bytes_per_s, 0);
         assert_eq!(unlimited.config.download_rate_limit_bytes_per_s, 0);
         assert!(Cli::try_parse_from(["x", "--upload-limit", "fast"]).is_err());
+    }
+
+    #[test]
+    fn allocation_is_full_unless_asked() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.engine.store_options().allocation, Allocation::Full);
+        let cli = Cli::try_parse_from(["x", "--allocation", "sparse"]).unwrap();
+        assert_eq!(cli.engine.store_options().allocation, Allocation::Sparse);
+        assert!(Cli::try_parse_from(["x", "--allocation", "lazy"]).is_err());
     }
 }

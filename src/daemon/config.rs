@@ -8,7 +8,7 @@
 
 use super::auth::{self, Credentials, PasswordHash};
 use crate::config::{parse_size, Config};
-use crate::storage::{Backend, FILE_IDLE_CLOSE_SECS};
+use crate::storage::{Allocation, Backend, FILE_IDLE_CLOSE_SECS};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ struct RawConfig {
     reannounce_secs: Option<u32>,
     #[serde(default)]
     backend: Option<String>,
+    #[serde(default)]
+    allocation: Option<String>,
     #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
@@ -184,6 +186,9 @@ pub struct DaemonConfig {
     /// Announce every N seconds whatever the tracker's interval.
     pub reannounce_secs: Option<u32>,
     pub backend: Backend,
+    /// How data files are reserved: `full` (fallocate, default) or `sparse`
+    /// (for filesystems without fallocate: NFSv3, some FUSE).
+    pub allocation: Allocation,
     /// Write resume state of changed torrents this often (default 300 s).
     pub resume_save_interval_secs: u64,
     pub max_torrents: usize,
@@ -261,6 +266,10 @@ impl DaemonConfig {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
         };
+        let allocation = match raw.allocation {
+            Some(name) => name.parse::<Allocation>().map_err(|m| invalid("allocation", m))?,
+            None => Allocation::default(),
+        };
         let max_torrents = limits.max_torrents.unwrap_or(MAX_TORRENTS_DEFAULT);
         if max_torrents == 0 {
             return Err(invalid("limits.max_torrents", "must be at least 1".into()));
@@ -304,6 +313,7 @@ impl DaemonConfig {
             trackers: raw.trackers.unwrap_or(true),
             reannounce_secs: raw.reannounce_secs,
             backend,
+            allocation,
             resume_save_interval_secs,
             max_torrents,
             file_idle_close_secs,
@@ -427,6 +437,7 @@ mod tests {
             "download_dir is the default root"
         );
         assert!(c.api.auth && c.api.credentials.is_none() && !c.api.metrics_public);
+        assert_eq!(c.allocation, Allocation::Full);
     }
 
     #[test]
@@ -444,6 +455,7 @@ mod tests {
             trackers = false
             reannounce_secs = 60
             backend = "mmap"
+            allocation = "sparse"
             resume_save_interval_secs = 60
             download_roots = ["/srv/data", "more"]
             [limits]
@@ -484,6 +496,7 @@ mod tests {
         assert_eq!(c.engine.upload_slots, 4);
         assert_eq!(c.max_torrents, 20000);
         assert_eq!(c.backend, Backend::Mmap);
+        assert_eq!(c.allocation, Allocation::Sparse);
         assert_eq!(c.watch_dir.as_deref(), Some(Path::new("/srv/watch")));
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
@@ -500,6 +513,7 @@ mod tests {
                 "upload_rate",
             ),
             ("state_dir = \"s\"\ndownload_dir = \"d\"\nbackend = \"floppy\"\n", "backend"),
+            ("state_dir = \"s\"\ndownload_dir = \"d\"\nallocation = \"some\"\n", "allocation"),
             (
                 "state_dir = \"s\"\ndownload_dir = \"d\"\n[limits]\nfile_idle_close_secs = 0\n",
                 "file_idle_close_secs",

@@ -27,7 +27,12 @@
 //! * a connection is in `conns` exactly while the core knows it;
 //! * at most [`MAX_HALF_OPEN`] outgoing connects per torrent are in flight;
 //! * a storage error stops the torrent (its connections close, the error is
-//!   reported in [`TorrentStatus`]); pieces already verified stay on disk.
+//!   reported in [`TorrentStatus`]); pieces already verified stay on disk;
+//! * every flush goes through [`TorrentTask::flush_durable`], which records
+//!   its outcome in [`TorrentStatus::durability`]: resume state claims only
+//!   what a successful flush covered, and a failed flush stops the torrent
+//!   (its unflushed pieces may be lost, and serving them would send peers
+//!   bad data).
 
 use super::bufpool::BufPool;
 use crate::bitfield::Bitfield;
@@ -37,6 +42,7 @@ use crate::metainfo::{InfoHash, Metainfo};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
+use crate::resume::Durability;
 use crate::storage::{PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
 use crate::wire::{Handshake, PeerId};
@@ -87,9 +93,11 @@ pub struct TorrentStatus {
     /// The torrent task ended (removed, shut down, or failed).
     pub stopped: AtomicBool,
     pub error: Mutex<Option<String>>,
-    /// Verified pieces, refreshed by the ticker when they change (for resume
-    /// state at shutdown).
+    /// Verified pieces, refreshed by the ticker when they change.
     pub have: Mutex<Bitfield>,
+    /// What flushes made durable (what resume state may claim) and which
+    /// pieces a failed flush made suspect; updated at each flush only.
+    pub durability: Mutex<Durability>,
 }
 
 impl TorrentStatus {
@@ -106,12 +114,26 @@ impl TorrentStatus {
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
             have: Mutex::new(have.clone()),
+            durability: Mutex::new(Durability::new(have)),
         })
     }
 
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// A copy of the durability record (what resume state may claim).
+    pub fn durability(&self) -> Durability {
+        self.durability.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The status error of a torrent whose flush failed.
+fn flush_failed_message(error: &str) -> String {
+    format!(
+        "flush failed, torrent stopped: {error}; pieces written since the last successful flush \
+         are not claimed by resume state and will be rechecked"
+    )
 }
 
 /// A torrent to run: what the caller decides.
@@ -298,8 +320,12 @@ impl TorrentTask {
         for conn in conns {
             self.close(conn);
         }
-        if let Err(error) = self.store.flush().await {
-            tracing::warn!(info_hash = %self.info_hash, %error, "flush at stop");
+        if let Err(error) = self.flush_durable().await {
+            tracing::error!(info_hash = %self.info_hash, %error, "flush at stop failed");
+            let mut slot = self.status.error.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(flush_failed_message(&error));
+            }
         }
         // The ticker stops sweeping idle files now: release the flushed ones
         // (a torrent stopped by an error may stay listed for a long time).
@@ -309,13 +335,38 @@ impl TorrentTask {
         self.status.stopped.store(true, Ordering::Release);
     }
 
-    /// Flushes storage and returns the pieces verified before the flush: every
-    /// one of them is durable once this returns `Ok`, so resume state may
-    /// claim them.
-    pub async fn checkpoint(&self) -> Result<Bitfield, String> {
+    /// Flushes storage and returns the durable pieces (see
+    /// [`TorrentTask::flush_durable`]), which resume state may claim. A
+    /// failed flush stops the torrent with the error in its status.
+    pub async fn checkpoint(self: &Rc<Self>) -> Result<Bitfield, String> {
+        match self.flush_durable().await {
+            Ok(durable) => Ok(durable),
+            Err(error) => {
+                let message = flush_failed_message(&error);
+                self.stop(Some(message.clone())).await;
+                Err(message)
+            }
+        }
+    }
+
+    /// Flushes storage and records the outcome in the status's
+    /// [`Durability`]: on success the pieces verified before the flush
+    /// (less any a failed flush made suspect) are durable; on failure those
+    /// not yet durable become suspect. Returns the durable pieces.
+    async fn flush_durable(&self) -> Result<Bitfield, String> {
         let have = self.core.borrow().have().clone();
-        self.store.flush().await.map_err(|e| e.to_string())?;
-        Ok(have)
+        let result = self.store.flush().await;
+        let mut durability = self.status.durability.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                durability.flushed(&have);
+                Ok(durability.durable().clone())
+            }
+            Err(error) => {
+                durability.flush_failed(&have);
+                Err(error.to_string())
+            }
+        }
     }
 
     fn publish_status(&self) {

@@ -32,6 +32,7 @@
 
 pub mod check;
 mod mmap;
+pub mod partfile;
 mod pwrite;
 pub mod resume;
 mod uring;
@@ -92,6 +93,17 @@ pub enum Allocation {
     Sparse,
 }
 
+impl std::str::FromStr for Allocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Allocation, String> {
+        match s {
+            "full" => Ok(Allocation::Full),
+            "sparse" => Ok(Allocation::Sparse),
+            other => Err(format!("unknown allocation {other:?} (full, sparse)")),
+        }
+    }
+}
+
 /// How long the pwrite backend keeps a file open after its last read or
 /// write, by default. Reopening costs one `open(2)` (microseconds), so this
 /// is not about cost but about fds following activity: a file served to an
@@ -133,7 +145,7 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: cannot preallocate ({source}); the mmap backend never maps sparse files, use the pwrite backend on this filesystem", path.display())]
+    #[error("{}: cannot preallocate: this filesystem refuses fallocate ({source}); use sparse allocation here (`--allocation sparse`, or `allocation = \"sparse\"` in the daemon config) with the pwrite or io_uring backend", path.display())]
     PreallocateUnsupported {
         path: PathBuf,
         #[source]

@@ -10,6 +10,7 @@ mod helpers;
 mod api_security;
 mod daemon;
 mod download;
+mod durability;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
