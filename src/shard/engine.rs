@@ -460,6 +460,11 @@ impl TorrentTask {
                         task.book.borrow_mut().dial_failed(addr, now);
                     }
                 }
+                // The place is free: dial the next due peer now rather than
+                // at the next tick (the book's backoff bounds the pace).
+                if !task.stopped.get() {
+                    task.dial();
+                }
             });
         }
     }

@@ -606,3 +606,114 @@ fn a_leecher_pipelining_past_reqq_is_served_and_never_banned() {
     drop(again);
     seed.stop_ok();
 }
+
+// ---------------------------------------------------------------------------
+// Unreachable peers
+
+/// A network namespace of the test's own, with loopback up and a route to
+/// `10.213.0.0/24` through a tun device nobody reads: SYNs sent there vanish
+/// (nothing leaves the namespace), so connects hang as they do to a host
+/// that drops packets. Deleted on drop.
+struct DropNetns {
+    name: String,
+}
+
+impl DropNetns {
+    fn create() -> DropNetns {
+        let name = format!("rbit-drop-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {} (this test needs root and iproute2 to create a network namespace)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = DropNetns { name };
+        let n = ns.name.as_str();
+        ip(&["netns", "exec", n, "ip", "link", "set", "lo", "up"]);
+        ip(&["netns", "exec", n, "ip", "tuntap", "add", "dev", "t0", "mode", "tun"]);
+        ip(&["netns", "exec", n, "ip", "addr", "add", "10.213.0.1/24", "dev", "t0"]);
+        ip(&["netns", "exec", n, "ip", "link", "set", "t0", "up"]);
+        ns
+    }
+}
+
+impl Drop for DropNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Goal: thousands of dials to peers that never answer keep ringbit's open
+/// fds under the half-open bound (issue 11 §2: a timed-out io_uring connect
+/// kept its socket until the kernel's SYN timeout, about two minutes).
+/// Setup: a network namespace of our own where 10.213.0.0/24 routes into a
+/// tun device nobody reads (SYNs vanish); `ringbit download` runs inside it
+/// with 2,500 `--peer 10.213.0.2:N` and a 100 ms connect timeout.
+/// Check: while at least 1,500 connects time out, ringbit's open fds never
+/// exceed what it had before dialing plus the per-torrent half-open bound
+/// (16) plus a small slack; then it stops cleanly on SIGINT.
+#[test]
+fn unreachable_peers_keep_open_fds_under_the_bound() {
+    const DIALS: usize = 1500;
+    const HALF_OPEN_PER_TORRENT: usize = 16;
+    const SLACK_FDS: usize = 8;
+    let netns = DropNetns::create();
+    let payload = Payload::single_file("unreachable.bin", 1 << 20, 16);
+    let torrent = payload.torrent(&[]);
+    let out = tempfile::tempdir().unwrap();
+    let log = out.path().join("ringbit.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &netns.name])
+        .arg(env!("CARGO_BIN_EXE_ringbit"))
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "ringbit::shard::engine=debug")
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(out.path().join("data"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--no-trackers", "--shards", "1"])
+        .args(["--connect-timeout-ms", "100", "--state-dir"])
+        .arg(out.path().join("state"));
+    for port in 1..=2500u16 {
+        cmd.args(["--peer", &format!("10.213.0.2:{port}")]);
+    }
+    cmd.stdin(std::process::Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+    // `ip netns exec` execs the command: the pid is ringbit's.
+    let mut rb = helpers::ChildGuard::spawn("ringbit in netns", &mut cmd);
+    let pid = rb.pid();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = || log_text().matches("connect failed").count();
+    // The fds it holds before its first connect ends: listener, ring,
+    // storage and the first connects are all open by then.
+    assert!(
+        helpers::wait_until(Duration::from_secs(30), || failed() > 0),
+        "no connect ever timed out:\n{}",
+        log_text()
+    );
+    let baseline = open_fds(pid).expect("ringbit is running");
+    let mut most = baseline;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while failed() < DIALS {
+        assert!(Instant::now() < deadline, "only {} dials in 120 s:\n{}", failed(), log_text());
+        let now_open = open_fds(pid).expect("ringbit exited");
+        most = most.max(now_open);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        most <= baseline + HALF_OPEN_PER_TORRENT + SLACK_FDS,
+        "open fds grew from {baseline} to {most} over {} timed-out connects",
+        failed()
+    );
+    rb.signal(libc::SIGINT);
+    let status = rb.wait_timeout(Duration::from_secs(30)).expect("ringbit ignored SIGINT");
+    assert_eq!(status.code(), Some(130), "interrupted download exits 130:\n{}", log_text());
+}
