@@ -34,6 +34,7 @@ pub mod magnet;
 pub mod metainfo;
 pub mod net;
 pub mod peer;
+pub mod peer_book;
 pub mod picker;
 pub mod rate_limit;
 pub mod resume;

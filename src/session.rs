@@ -15,6 +15,7 @@ use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
@@ -42,6 +43,8 @@ pub enum SessionError {
     Listen(#[from] ListenError),
     #[error("tracker subsystem: {0}")]
     Trackers(#[from] TrackersError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot start hash workers: {0}")]
     HashPool(std::io::Error),
     #[error("torrent {0} is already in the session")]
@@ -90,6 +93,7 @@ pub struct Session {
 impl Session {
     /// Starts every thread of the engine.
     pub fn start(options: SessionOptions) -> Result<Session, SessionError> {
+        options.config.validate()?;
         let config = Arc::new(options.config.clone());
         let shard_count = config.shards.max(1);
         let hash_pool = Arc::new(
@@ -136,6 +140,7 @@ impl Session {
                 ips: options.listen_ips.clone(),
                 port: config.listen_port,
                 max_pending_handshakes: config.max_pending_handshakes,
+                max_pending_handshakes_per_ip: config.max_pending_handshakes_per_ip,
                 handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             },
             Box::new(move |peer| {
@@ -190,10 +195,22 @@ impl Session {
             .map(|p| info.piece_size(p) as u64)
             .sum();
         let status = TorrentStatus::new(info_hash, &add.have, left);
+        let ms = Duration::from_millis;
+        let config = &self.config;
         let torrent_config = TorrentConfig {
-            max_connections: self.config.max_peers_per_torrent,
-            upload_slots: self.config.upload_slots,
+            peer: PeerConfig {
+                keepalive_interval: ms(config.keepalive_interval_ms),
+                idle_timeout: ms(config.peer_idle_timeout_ms),
+                handshake_timeout: ms(config.handshake_timeout_ms),
+                request_timeout: ms(config.request_timeout_ms),
+                ..PeerConfig::default()
+            },
+            max_connections: config.max_peers_per_torrent,
+            upload_slots: config.upload_slots,
             seed: rand::random(),
+            ban_duration: ms(config.ban_duration_ms),
+            choke_interval_ms: config.choke_interval_ms,
+            optimistic_unchoke_interval_ms: config.optimistic_unchoke_interval_ms,
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();

@@ -49,6 +49,11 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = Config::default().max_peers_per_torrent)]
     pub max_peers: usize,
 
+    /// Give up on an outgoing connect after this many milliseconds (its
+    /// socket is closed at once).
+    #[arg(long, value_name = "MS", default_value_t = Config::default().connect_timeout_ms)]
+    pub connect_timeout_ms: u64,
+
     /// Upload slots (peers unchoked at once) per torrent.
     #[arg(long, default_value_t = Config::default().upload_slots)]
     pub upload_slots: usize,
@@ -89,6 +94,8 @@ impl EngineArgs {
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
         config.upload_slots = self.upload_slots;
+        anyhow::ensure!(self.connect_timeout_ms >= 1, "--connect-timeout-ms must be at least 1");
+        config.connect_timeout_ms = self.connect_timeout_ms;
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
         let mut options =
