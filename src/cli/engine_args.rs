@@ -35,9 +35,16 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Storage backend for piece writes and upload reads.
-    #[arg(long, default_value = "pwrite", value_parser = parse_backend)]
+    /// Storage backend for piece writes and upload reads (uring: every file
+    /// operation on the shard's io_uring; pwrite, mmap: synchronous).
+    #[arg(long, default_value = "uring", value_parser = parse_backend)]
     pub backend: Backend,
+
+    /// Write pieces through the page cache instead of with O_DIRECT (uring
+    /// backend; O_DIRECT is also turned off by itself where the filesystem
+    /// refuses it, such as tmpfs before Linux 6.6).
+    #[arg(long)]
+    pub no_direct_io: bool,
 
     /// Connected peers per torrent at most.
     #[arg(long, default_value_t = Config::default().max_peers_per_torrent)]
@@ -90,7 +97,11 @@ impl EngineArgs {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { backend: self.backend, ..StoreOptions::default() }
+        StoreOptions {
+            backend: self.backend,
+            direct_io: !self.no_direct_io,
+            ..StoreOptions::default()
+        }
     }
 
     /// `--peer` addresses, resolved.

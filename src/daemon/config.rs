@@ -67,6 +67,8 @@ struct RawConfig {
     #[serde(default)]
     backend: Option<String>,
     #[serde(default)]
+    direct_io: Option<bool>,
+    #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
     limits: RawLimits,
@@ -105,10 +107,13 @@ pub struct DaemonConfig {
     /// Announce every N seconds whatever the tracker's interval.
     pub reannounce_secs: Option<u32>,
     pub backend: Backend,
+    /// io_uring backend: write pieces with O_DIRECT where aligned (default
+    /// true; off by itself on filesystems that refuse it).
+    pub direct_io: bool,
     /// Write resume state of changed torrents this often (default 300 s).
     pub resume_save_interval_secs: u64,
     pub max_torrents: usize,
-    /// Close a data file (pwrite backend) unused this long (default
+    /// Close a data file (pwrite and io_uring backends) unused this long (default
     /// [`FILE_IDLE_CLOSE_SECS`]).
     pub file_idle_close_secs: u64,
 }
@@ -213,6 +218,7 @@ impl DaemonConfig {
             trackers: raw.trackers.unwrap_or(true),
             reannounce_secs: raw.reannounce_secs,
             backend,
+            direct_io: raw.direct_io.unwrap_or(true),
             resume_save_interval_secs,
             max_torrents,
             file_idle_close_secs,
