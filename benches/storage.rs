@@ -96,7 +96,7 @@ fn timed_write(
             let store = Rc::new(store);
             // Buffers made before the clock (the engine's come from its pool).
             let mut buffers: Vec<Vec<u8>> = (0..WRITES_IN_FLIGHT).map(|_| piece.to_vec()).collect();
-            let sem = Rc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
             let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel();
             let start = Instant::now();
             let mut handles = Vec::with_capacity(order.len());
@@ -145,7 +145,7 @@ fn timed_read(
     match backend {
         Backend::Uring => rt.block_on(async {
             let store = Rc::new(store);
-            let sem = Rc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
             let start = Instant::now();
             let mut handles = Vec::with_capacity(blocks.len());
             for &(i, begin) in blocks {

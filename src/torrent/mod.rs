@@ -1114,6 +1114,7 @@ impl TorrentCore {
     }
 
     fn fill_requests(&mut self, conn: ConnId, now: Instant) {
+        let max_buffers = self.max_piece_buffers();
         let c = &mut self.conns[conn];
         if !c.joined || !c.peer.am_interested() {
             return;
@@ -1122,7 +1123,7 @@ impl TorrentCore {
         if slots == 0 {
             return;
         }
-        if self.buffers.len() + self.in_flight.len() >= self.max_piece_buffers() {
+        if self.buffers.len() + self.in_flight.len() >= max_buffers {
             return;
         }
         let choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());
