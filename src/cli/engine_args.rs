@@ -35,8 +35,9 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Storage backend for piece writes and upload reads.
-    #[arg(long, default_value = "pwrite", value_parser = parse_backend)]
+    /// Storage backend for piece writes and upload reads (uring: every file
+    /// operation on the shard's io_uring; pwrite, mmap: synchronous).
+    #[arg(long, default_value = "uring", value_parser = parse_backend)]
     pub backend: Backend,
 
     /// How data files are reserved: `full` (fallocate the whole file, so a
@@ -44,6 +45,11 @@ pub struct EngineArgs {
     /// only; for filesystems without fallocate such as NFSv3 and some FUSE).
     #[arg(long, default_value = "full", value_parser = parse_allocation)]
     pub allocation: Allocation,
+    /// Write pieces through the page cache instead of with O_DIRECT (uring
+    /// backend; O_DIRECT is also turned off by itself where the filesystem
+    /// refuses it, such as tmpfs before Linux 6.6).
+    #[arg(long)]
+    pub no_direct_io: bool,
 
     /// Connected peers per torrent at most.
     #[arg(long, default_value_t = Config::default().max_peers_per_torrent)]
@@ -110,6 +116,7 @@ impl EngineArgs {
         StoreOptions {
             backend: self.backend,
             allocation: self.allocation,
+            direct_io: !self.no_direct_io,
             ..StoreOptions::default()
         }
     }

@@ -82,6 +82,7 @@ struct RawConfig {
     backend: Option<String>,
     #[serde(default)]
     allocation: Option<String>,
+    direct_io: Option<bool>,
     #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
@@ -189,10 +190,13 @@ pub struct DaemonConfig {
     /// How data files are reserved: `full` (fallocate, default) or `sparse`
     /// (for filesystems without fallocate: NFSv3, some FUSE).
     pub allocation: Allocation,
+    /// io_uring backend: write pieces with O_DIRECT where aligned (default
+    /// true; off by itself on filesystems that refuse it).
+    pub direct_io: bool,
     /// Write resume state of changed torrents this often (default 300 s).
     pub resume_save_interval_secs: u64,
     pub max_torrents: usize,
-    /// Close a data file (pwrite backend) unused this long (default
+    /// Close a data file (pwrite and io_uring backends) unused this long (default
     /// [`FILE_IDLE_CLOSE_SECS`]).
     pub file_idle_close_secs: u64,
 }
@@ -314,6 +318,7 @@ impl DaemonConfig {
             reannounce_secs: raw.reannounce_secs,
             backend,
             allocation,
+            direct_io: raw.direct_io.unwrap_or(true),
             resume_save_interval_secs,
             max_torrents,
             file_idle_close_secs,

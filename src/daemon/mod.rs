@@ -386,6 +386,8 @@ impl Daemon {
                 backend: self.config.backend,
                 allocation: self.config.allocation,
                 file_idle_close_secs: self.config.file_idle_close_secs,
+                direct_io: self.config.direct_io,
+                ..StoreOptions::default()
             },
             peers: Vec::new(),
         };
@@ -994,9 +996,9 @@ pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
 }
 
 /// Raises the soft open-file limit to the hard limit: every peer is a
-/// socket, the files of active torrents are open (pwrite: those read or
-/// written in the last `file_idle_close_secs`), and the mmap and io_uring
-/// backends keep every file of every torrent open.
+/// socket, the files of active torrents are open (pwrite and io_uring: those
+/// read or written in the last `file_idle_close_secs`), and the mmap backend
+/// keeps every file of every torrent open.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.

@@ -167,6 +167,9 @@ pub struct ShardContext {
     pub hash_pool: Arc<HashPool>,
     pub trackers: Option<TrackerHandle>,
     pub torrents: RefCell<HashMap<InfoHash, Rc<TorrentTask>>>,
+    /// Torrents whose storage is being opened, and whether a remove came
+    /// meanwhile (it then stops once open).
+    pub opening: RefCell<HashMap<InfoHash, bool>>,
     /// Connections open on this shard.
     pub connections: Cell<usize>,
     /// This shard's share of `max_peers_total`.
@@ -228,6 +231,7 @@ impl ShardContext {
             hash_pool,
             trackers,
             torrents: RefCell::new(HashMap::new()),
+            opening: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
             max_connections,
             write_buffers: BufPool::new(WRITE_BUFFER_BYTES, 64),
@@ -271,12 +275,19 @@ pub struct TorrentTask {
 }
 
 impl TorrentTask {
-    /// Opens storage on this shard, builds the core and starts the ticker.
-    pub fn start(ctx: Rc<ShardContext>, spec: TorrentSpec) -> Result<Rc<TorrentTask>, String> {
+    /// Opens storage on this shard (on the ring, or the blocking pool for the
+    /// sync backends: the shard thread never waits on the disk, and other
+    /// torrents run meanwhile), builds the core and starts the ticker.
+    pub async fn start(
+        ctx: Rc<ShardContext>,
+        spec: TorrentSpec,
+    ) -> Result<Rc<TorrentTask>, String> {
         let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
+        let store =
+            PieceStore::open_async(&torrent.metainfo, &torrent.download_dir, torrent.store_options)
+                .await
+                .map_err(|e| e.to_string())?;
         let info = &torrent.metainfo.info;
-        let store = PieceStore::open(info, &torrent.download_dir, torrent.store_options)
-            .map_err(|e| e.to_string())?;
         let params = TorrentParams {
             info_hash: torrent.metainfo.info_hash,
             piece_length: info.piece_length,

@@ -17,5 +17,6 @@ mod peer_harness_selftest;
 mod peers;
 mod seeding;
 mod storage;
+mod syscalls;
 mod trackers;
 mod wire;
