@@ -4,6 +4,7 @@
 //! Layer: shared plain data (no I/O). The CLI and the daemon's TOML file fill a
 //! [`Config`]; nothing below them reads arguments or the environment.
 
+pub use crate::mse::EncryptionPolicy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -50,6 +51,9 @@ pub struct Config {
     pub download_rate_limit_bytes_per_s: u64,
     /// Process-wide upload limit in bytes/s, 0 = unlimited.
     pub upload_rate_limit_bytes_per_s: u64,
+    /// MSE/PE policy (default `prefer`: both accepted, MSE tried first
+    /// outgoing with a plaintext retry).
+    pub encryption: EncryptionPolicy,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             optimistic_unchoke_interval_ms: 30_000,
             download_rate_limit_bytes_per_s: 0,
             upload_rate_limit_bytes_per_s: 0,
+            encryption: EncryptionPolicy::Prefer,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::Config;
+use crate::config::{Config, EncryptionPolicy};
 use crate::session::SessionOptions;
 use crate::storage::{Backend, StoreOptions};
 use anyhow::Context;
@@ -56,6 +56,12 @@ pub struct EngineArgs {
     /// `10M`; 0 = unlimited). Counts block data; all torrents share it.
     #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
     pub download_limit: u64,
+
+    /// Message stream encryption (MSE/PE): `prefer` accepts both and tries it
+    /// first when dialling, falling back to plaintext; `require` speaks only
+    /// MSE with an RC4 payload; `disable` speaks only plaintext.
+    #[arg(long, value_name = "POLICY", default_value = "prefer")]
+    pub encryption: EncryptionPolicy,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -81,6 +87,7 @@ impl EngineArgs {
         config.upload_slots = self.upload_slots;
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
+        config.encryption = self.encryption;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {

@@ -69,6 +69,8 @@ struct RawConfig {
     #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
+    encryption: Option<String>,
+    #[serde(default)]
     limits: RawLimits,
 }
 
@@ -178,6 +180,9 @@ impl DaemonConfig {
             size(limits.upload_rate.as_ref()).map_err(|m| invalid("limits.upload_rate", m))?;
         engine.download_rate_limit_bytes_per_s =
             size(limits.download_rate.as_ref()).map_err(|m| invalid("limits.download_rate", m))?;
+        if let Some(policy) = &raw.encryption {
+            engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
+        }
         let backend = match raw.backend {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
@@ -250,6 +255,9 @@ mod tests {
         assert_eq!(c.engine.upload_rate_limit_bytes_per_s, 0);
         assert_eq!(c.watch_dir, None);
         assert_eq!(c.file_idle_close_secs, FILE_IDLE_CLOSE_SECS);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Prefer);
+        let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nencryption = \"always\"\n";
+        assert!(parse(bad).unwrap_err().to_string().contains("encryption"));
     }
 
     #[test]
@@ -268,6 +276,7 @@ mod tests {
             reannounce_secs = 60
             backend = "mmap"
             resume_save_interval_secs = 60
+            encryption = "require"
             [limits]
             max_torrents = 20000
             max_peers_per_torrent = 40
@@ -289,6 +298,7 @@ mod tests {
         assert_eq!(c.watch_dir.as_deref(), Some(Path::new("/srv/watch")));
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Require);
     }
 
     #[test]
