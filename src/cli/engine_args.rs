@@ -146,4 +146,16 @@ mod tests {
         assert_eq!(unlimited.config.download_rate_limit_bytes_per_s, 0);
         assert!(Cli::try_parse_from(["x", "--upload-limit", "fast"]).is_err());
     }
+
+    #[test]
+    fn encryption_policy_defaults_to_prefer() {
+        let config = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap().config;
+        assert_eq!(config.encryption, EncryptionPolicy::Prefer);
+        let cli = Cli::try_parse_from(["x", "--encryption", "require"]).unwrap();
+        assert_eq!(
+            cli.engine.session_options().unwrap().config.encryption,
+            EncryptionPolicy::Require
+        );
+        assert!(Cli::try_parse_from(["x", "--encryption", "maybe"]).is_err());
+    }
 }

@@ -251,6 +251,7 @@ async fn negotiate(
         let done = mse_io::respond(stream, &buf[..20], encryption, torrents)
             .await
             .map_err(|e| e.to_string())?;
+        tracing::debug!(rc4 = done.cipher.is_rc4(), "incoming MSE handshake done");
         return Ok((done.handshake, done.cipher, done.leftover));
     }
     if !encryption.accepts_plaintext() {

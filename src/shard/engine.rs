@@ -440,7 +440,10 @@ impl TorrentTask {
         let limit = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
         let attempt = mse_io::initiate(&stream, self.info_hash, policy);
         let error = match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok((cipher, leftover))) => return Ok((stream, cipher, leftover)),
+            Ok(Ok((cipher, leftover))) => {
+                tracing::debug!(%addr, rc4 = cipher.is_rc4(), "MSE handshake done");
+                return Ok((stream, cipher, leftover));
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("MSE: no reply within {limit:?}"),
         };

@@ -160,7 +160,7 @@ fn mse_attempt_falls_back_to_plaintext() {
     );
     let out = tempfile::tempdir().unwrap();
     let mut rb =
-        Ringbit::download(&torrent, out.path(), &[seeder.addr()], &["--no-trackers", "-v"]);
+        Ringbit::download(&torrent, out.path(), &[seeder.addr()], &["--no-trackers", "-vv"]);
     rb.wait_success(DOWNLOAD_LIMIT);
     helpers::assert_same_tree(&payload.save_path, out.path());
     assert!(
