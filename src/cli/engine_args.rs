@@ -4,7 +4,7 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::Config;
+use crate::config::{Config, EncryptionPolicy};
 use crate::session::SessionOptions;
 use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
@@ -73,6 +73,12 @@ pub struct EngineArgs {
     /// `10M`; 0 = unlimited). Counts block data; all torrents share it.
     #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
     pub download_limit: u64,
+
+    /// Message stream encryption (MSE/PE): `prefer` accepts both and tries it
+    /// first when dialling, falling back to plaintext; `require` speaks only
+    /// MSE with an RC4 payload; `disable` speaks only plaintext.
+    #[arg(long, value_name = "POLICY", default_value = "prefer")]
+    pub encryption: EncryptionPolicy,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -104,6 +110,7 @@ impl EngineArgs {
         config.connect_timeout_ms = self.connect_timeout_ms;
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
+        config.encryption = self.encryption;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
@@ -175,5 +182,17 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--allocation", "sparse"]).unwrap();
         assert_eq!(cli.engine.store_options().allocation, Allocation::Sparse);
         assert!(Cli::try_parse_from(["x", "--allocation", "lazy"]).is_err());
+    }
+
+    #[test]
+    fn encryption_policy_defaults_to_prefer() {
+        let config = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap().config;
+        assert_eq!(config.encryption, EncryptionPolicy::Prefer);
+        let cli = Cli::try_parse_from(["x", "--encryption", "require"]).unwrap();
+        assert_eq!(
+            cli.engine.session_options().unwrap().config.encryption,
+            EncryptionPolicy::Require
+        );
+        assert!(Cli::try_parse_from(["x", "--encryption", "maybe"]).is_err());
     }
 }

@@ -87,6 +87,7 @@ struct RawConfig {
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
     download_roots: Vec<PathBuf>,
+    encryption: Option<String>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -266,6 +267,9 @@ impl DaemonConfig {
             size(limits.upload_rate.as_ref()).map_err(|m| invalid("limits.upload_rate", m))?;
         engine.download_rate_limit_bytes_per_s =
             size(limits.download_rate.as_ref()).map_err(|m| invalid("limits.download_rate", m))?;
+        if let Some(policy) = &raw.encryption {
+            engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
+        }
         let backend = match raw.backend {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
@@ -443,6 +447,9 @@ mod tests {
         );
         assert!(c.api.auth && c.api.credentials.is_none() && !c.api.metrics_public);
         assert_eq!(c.allocation, Allocation::Full);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Prefer);
+        let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nencryption = \"always\"\n";
+        assert!(parse(bad).unwrap_err().to_string().contains("encryption"));
     }
 
     #[test]
@@ -463,6 +470,7 @@ mod tests {
             allocation = "sparse"
             resume_save_interval_secs = 60
             download_roots = ["/srv/data", "more"]
+            encryption = "require"
             [limits]
             max_torrents = 20000
             max_peers_per_torrent = 40
@@ -505,6 +513,7 @@ mod tests {
         assert_eq!(c.watch_dir.as_deref(), Some(Path::new("/srv/watch")));
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Require);
     }
 
     #[test]

@@ -23,6 +23,13 @@
 //! the core the driver arms the ticker's timer for it, and the ticker runs
 //! [`TorrentCore::rate_limit_tick`] when it fires. Nothing polls.
 //!
+//! Encryption (MSE/PE, [`crate::mse`]): an outgoing connect runs the MSE
+//! initiator first when the policy says so (`prefer` retries in plaintext on
+//! a fresh connection when it fails); incoming MSE was answered by the
+//! listener. Each connection's reader then decrypts in place the bytes it
+//! just read, and its writer encrypts its buffer in place before the write:
+//! one call each, nothing copied; plaintext connections pass through.
+//!
 //! Invariants:
 //! * a connection is in `conns` exactly while the core knows it;
 //! * outgoing connects in flight stay within [`MAX_HALF_OPEN_PER_TORRENT`]
@@ -46,6 +53,8 @@ use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
 use crate::metainfo::{InfoHash, Metainfo};
+use crate::mse::{Cipher, EncryptionPolicy};
+use crate::net::mse_io::{self, PeerCipher};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
 use crate::peer_book::{PeerBook, PeerBookConfig};
@@ -496,17 +505,17 @@ impl TorrentTask {
             self.half_open.set(self.half_open.get() + 1);
             let task = self.clone();
             tokio_uring::spawn(async move {
-                let result = peer_io::connect(addr, timeout).await;
+                let result = task.open(addr, timeout).await;
                 drop(permit);
                 task.half_open.set(task.half_open.get() - 1);
                 let now = Instant::now();
                 match result {
-                    Ok(stream) if !task.stopped.get() => {
+                    Ok((stream, cipher, leftover)) if !task.stopped.get() => {
                         let conn = task.core.borrow_mut().connected(addr, now);
                         match conn {
                             Ok(conn) => {
                                 task.book.borrow_mut().connected(addr);
-                                task.run_connection(conn, stream, addr, true);
+                                task.run_connection(conn, stream, addr, true, cipher, leftover);
                             }
                             Err(error) => {
                                 tracing::debug!(%addr, %error, "not connecting");
@@ -543,8 +552,53 @@ impl TorrentTask {
         }
     }
 
-    /// A connection the listener accepted for this torrent.
-    pub fn accept(self: &Rc<Self>, stream: std::net::TcpStream, addr: SocketAddr, hs: Handshake) {
+    /// Connects to `addr` and runs the MSE initiator as the encryption
+    /// policy says; under `prefer` a failed MSE attempt is retried in
+    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
+    /// the DH key). Returns the stream, its ciphers and plaintext payload
+    /// that came with the MSE reply.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
+        let stream = peer_io::connect(addr, timeout).await?;
+        let policy = self.ctx.config.encryption;
+        if !policy.uses_mse() {
+            return Ok((stream, PeerCipher::plaintext(), Vec::new()));
+        }
+        let limit = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+        let attempt = mse_io::initiate(&stream, self.info_hash, policy);
+        let error = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok((cipher, leftover))) => {
+                tracing::debug!(%addr, rc4 = cipher.is_rc4(), "MSE handshake done");
+                return Ok((stream, cipher, leftover));
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("MSE: no reply within {limit:?}"),
+        };
+        // The connection is dropped: a read left in flight by the timeout
+        // ends with the shutdown.
+        peer_io::shutdown(&stream);
+        drop(stream);
+        if policy != EncryptionPolicy::Prefer {
+            return Err(std::io::Error::other(error));
+        }
+        tracing::debug!(%addr, %error, "MSE failed: retrying in plaintext");
+        let stream = peer_io::connect(addr, timeout).await?;
+        Ok((stream, PeerCipher::plaintext(), Vec::new()))
+    }
+
+    /// A connection the listener accepted for this torrent, with its
+    /// ciphers and the (decrypted) payload read after its handshake.
+    pub fn accept(
+        self: &Rc<Self>,
+        stream: std::net::TcpStream,
+        addr: SocketAddr,
+        hs: Handshake,
+        cipher: PeerCipher,
+        leftover: Vec<u8>,
+    ) {
         if self.stopped.get() || self.ctx.connections.get() >= self.ctx.max_connections {
             return;
         }
@@ -557,7 +611,7 @@ impl TorrentTask {
         };
         let conn = self.core.borrow_mut().accepted(addr, hs, Instant::now());
         match conn {
-            Ok(conn) => self.run_connection(conn, stream, addr, false),
+            Ok(conn) => self.run_connection(conn, stream, addr, false, cipher, leftover),
             Err(error) => tracing::debug!(%addr, %error, "refused incoming"),
         }
         self.drain_actions();
@@ -569,6 +623,8 @@ impl TorrentTask {
         stream: PeerStream,
         addr: SocketAddr,
         outgoing: bool,
+        cipher: PeerCipher,
+        leftover: Vec<u8>,
     ) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
@@ -586,31 +642,53 @@ impl TorrentTask {
             return;
         }
         wake.notify_one();
+        let PeerCipher { encrypt, decrypt } = cipher;
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(async move { reader.read_loop(conn, token, read_stream).await });
+        tokio_uring::spawn(async move {
+            reader.read_loop(conn, token, read_stream, decrypt, leftover).await
+        });
         let writer = self.clone();
-        tokio_uring::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
+        tokio_uring::spawn(
+            async move { writer.write_loop(conn, token, stream, wake, encrypt).await },
+        );
     }
 
     fn is_current(&self, conn: ConnId, token: u64) -> bool {
         self.conns.borrow().get(&conn).is_some_and(|e| e.token == token)
     }
 
-    async fn read_loop(self: Rc<Self>, conn: ConnId, token: u64, stream: Rc<PeerStream>) {
-        let mut buf = Vec::with_capacity(self.ctx.config.read_buffer_bytes);
+    async fn read_loop(
+        self: Rc<Self>,
+        conn: ConnId,
+        token: u64,
+        stream: Rc<PeerStream>,
+        mut decrypt: Cipher,
+        leftover: Vec<u8>,
+    ) {
+        let mut buf = Vec::with_capacity(self.ctx.config.read_buffer_bytes.max(leftover.len()));
+        if !leftover.is_empty() {
+            // Payload that came with an MSE handshake, already decrypted.
+            buf.extend_from_slice(&leftover);
+            let used = self.core.borrow_mut().on_data(conn, &buf, Instant::now());
+            buf.drain(..used);
+            self.drain_actions();
+        }
         loop {
             if buf.len() == buf.capacity() {
                 // A message larger than what is buffered: the core's wire
                 // limits bound how large it may get before it is refused.
                 buf.reserve(buf.capacity());
             }
+            let filled = buf.len();
             let (result, b) = peer_io::read_into_spare(&stream, buf).await;
             buf = b;
             match result {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+            // MSE: only the bytes just read, in place.
+            decrypt.apply(&mut buf[filled..]);
             if !self.is_current(conn, token) {
                 return;
             }
@@ -635,6 +713,7 @@ impl TorrentTask {
         token: u64,
         stream: Rc<PeerStream>,
         wake: Rc<Notify>,
+        mut encrypt: Cipher,
     ) {
         let mut spare = self.ctx.write_buffers.take();
         loop {
@@ -647,6 +726,8 @@ impl TorrentTask {
                 wake.notified().await;
                 continue;
             }
+            // MSE: in place in the outgoing buffer, just before the write.
+            encrypt.apply(&mut spare);
             let (result, buf) = peer_io::write_all(&stream, spare).await;
             spare = buf;
             if result.is_err() {

@@ -360,7 +360,13 @@ fn shard_thread(
                 ShardCommand::Incoming(peer) => {
                     let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();
                     if let Some(task) = task {
-                        task.accept(peer.stream, peer.addr, peer.handshake);
+                        task.accept(
+                            peer.stream,
+                            peer.addr,
+                            peer.handshake,
+                            peer.cipher,
+                            peer.leftover,
+                        );
                     }
                 }
                 ShardCommand::Shutdown => break,
