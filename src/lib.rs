@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod create;
 pub mod daemon;
+pub mod dht;
 pub mod hash;
 pub mod layout;
 pub mod magnet;
