@@ -10,7 +10,8 @@
 //!
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
-//!   [`layout`], [`wire`], [`peer`], [`picker`], [`choker`], [`torrent`], [`metadata`], [`pex`],
+//!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
+//!   [`metadata`], [`pex`],
 //!   [`rate_limit`], [`tracker`], [`resume`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
@@ -28,13 +29,16 @@ pub mod cli;
 pub mod config;
 pub mod create;
 pub mod daemon;
+pub mod dht;
 pub mod hash;
 pub mod layout;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod net;
 pub mod peer;
+pub mod peer_book;
 pub mod pex;
 pub mod picker;
 pub mod rate_limit;

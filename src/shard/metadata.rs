@@ -238,7 +238,7 @@ impl FetchTask {
                             return;
                         }
                         let conn = task.core.borrow_mut().connected(addr, Instant::now());
-                        task.run_connection(conn, stream, addr, true);
+                        task.run_connection(conn, stream, addr, true, Vec::new());
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -273,7 +273,13 @@ impl FetchTask {
     }
 
     /// A connection the listener accepted for this info hash.
-    pub fn accept(self: &Rc<Self>, stream: std::net::TcpStream, addr: SocketAddr, hs: Handshake) {
+    pub fn accept(
+        self: &Rc<Self>,
+        stream: std::net::TcpStream,
+        addr: SocketAddr,
+        hs: Handshake,
+        leftover: Vec<u8>,
+    ) {
         if self.stopped.get()
             || self.ctx.connections.get() >= self.ctx.max_connections
             || !self.core.borrow().wants_connection(addr)
@@ -288,7 +294,7 @@ impl FetchTask {
             }
         };
         let conn = self.core.borrow_mut().accepted(addr, hs, Instant::now());
-        self.run_connection(conn, stream, addr, false);
+        self.run_connection(conn, stream, addr, false, leftover);
     }
 
     fn run_connection(
@@ -297,6 +303,7 @@ impl FetchTask {
         stream: PeerStream,
         addr: SocketAddr,
         outgoing: bool,
+        leftover: Vec<u8>,
     ) {
         {
             let mut first = self.status.first_connect.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +324,9 @@ impl FetchTask {
         }
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(async move { reader.read_loop(conn, token, read_stream).await });
+        tokio_uring::spawn(
+            async move { reader.read_loop(conn, token, read_stream, leftover).await },
+        );
         let writer = self.clone();
         tokio_uring::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
     }
@@ -326,9 +335,22 @@ impl FetchTask {
         self.conns.borrow().get(&conn).is_some_and(|e| e.token == token)
     }
 
-    async fn read_loop(self: Rc<Self>, conn: FetchConnId, token: u64, stream: Rc<PeerStream>) {
-        let mut buf = Vec::with_capacity(FETCH_READ_BUFFER_BYTES);
-        let mut handshake_seen = false;
+    async fn read_loop(
+        self: Rc<Self>,
+        conn: FetchConnId,
+        token: u64,
+        stream: Rc<PeerStream>,
+        leftover: Vec<u8>,
+    ) {
+        let mut buf = Vec::with_capacity(FETCH_READ_BUFFER_BYTES.max(leftover.len() * 2));
+        let mut handshake_seen = !leftover.is_empty();
+        if !leftover.is_empty() {
+            // Bytes the listener read after the handshake.
+            buf.extend_from_slice(&leftover);
+            let used = self.core.borrow_mut().on_data(conn, &buf, Instant::now());
+            buf.drain(..used);
+            self.drain_actions();
+        }
         loop {
             if buf.len() == buf.capacity() {
                 // The core's wire limits bound how large one message may get.

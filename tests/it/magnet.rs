@@ -202,7 +202,13 @@ fn real_leechers_get_metadata_from_ringbit_seed_alone() {
     let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let tr = Leecher::start(PeerKind::Transmission, Path::new(&plain), outs[2].path(), &[], None);
     let tr_addr = tr.addr().to_string();
-    let seed = RingbitSeed::start(&torrent, &payload.save_path, &["--peer", &tr_addr]);
+    let seed = RingbitSeed::start(
+        &torrent,
+        &payload.save_path,
+        // 4 MiB/s: each leecher takes seconds, so the harness sees it
+        // listen before it is done.
+        &["--peer", &tr_addr, "--encryption", "disable", "--upload-limit", "4M"],
+    );
     assert!(
         peers::wait_scrape(&tracker, &payload.info_hash, SEED_READY_LIMIT, |s, _| s >= 1),
         "ringbit seed never announced:\n{}",
@@ -222,7 +228,11 @@ fn real_leechers_get_metadata_from_ringbit_seed_alone() {
         leechers[2].log(),
         seed.log_text()
     );
-    let data_seed = RingbitSeed::start(&torrent, &payload.save_path, &["--peer", &tr_addr]);
+    let data_seed = RingbitSeed::start(
+        &torrent,
+        &payload.save_path,
+        &["--peer", &tr_addr, "--encryption", "disable"],
+    );
     for leecher in &mut leechers {
         if let Err(e) = leecher.wait_complete(DOWNLOAD_LIMIT) {
             panic!("{} from a magnet link: {e}\nseeder log:\n{}", leecher.kind, seed.log_text());

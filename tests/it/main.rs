@@ -7,8 +7,11 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod download;
+mod durability;
+mod encryption;
 mod foundation;
 mod hostile_peer;
 mod magnet;
@@ -17,5 +20,6 @@ mod peers;
 mod pex;
 mod seeding;
 mod storage;
+mod syscalls;
 mod trackers;
 mod wire;

@@ -39,6 +39,12 @@ fn ringbit_download(
             "--bind",
             "127.0.0.1",
             "--no-trackers",
+            // 2 MiB at 512 KiB/s: the flood is read before the download ends.
+            "--download-limit",
+            "512K",
+            // The scripted peer speaks plaintext and takes one connection.
+            "--encryption",
+            "disable",
         ]);
     for p in peers {
         cmd.args(["--peer", &p.to_string()]);
