@@ -2,7 +2,7 @@
 # Installs the real peers ringbit's tests run against (Debian packages).
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
-PACKAGES=(python3-libtorrent transmission-cli transmission-daemon aria2 opentracker mktorrent)
+PACKAGES=(python3-libtorrent transmission-cli transmission-daemon aria2 opentracker mktorrent python3-seccomp)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,7 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::Config;
+use crate::config::{Config, IoDriverChoice};
 use crate::session::SessionOptions;
 use crate::storage::{Backend, StoreOptions};
 use anyhow::Context;
@@ -35,6 +35,19 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
+    /// I/O driver of the shards: `auto` uses io_uring where the kernel allows it
+    /// and falls back to epoll where it is refused (Docker's default seccomp
+    /// profile, kernel.io_uring_disabled), saying why; `uring` fails instead of
+    /// falling back; `epoll` always uses epoll.
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        env = "RINGBIT_IO_DRIVER",
+        default_value = "auto",
+        value_parser = parse_io_driver
+    )]
+    pub io_driver: IoDriverChoice,
+
     /// Storage backend for piece writes and upload reads.
     #[arg(long, default_value = "pwrite", value_parser = parse_backend)]
     pub backend: Backend,
@@ -58,6 +71,10 @@ pub struct EngineArgs {
     pub download_limit: u64,
 }
 
+pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
@@ -78,6 +95,7 @@ impl EngineArgs {
         }
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
+        config.io_driver = self.io_driver;
         config.upload_slots = self.upload_slots;
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;

@@ -67,6 +67,8 @@ struct RawConfig {
     #[serde(default)]
     backend: Option<String>,
     #[serde(default)]
+    io_driver: Option<String>,
+    #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
     limits: RawLimits,
@@ -146,6 +148,9 @@ impl DaemonConfig {
             state_dir: None,
             ..defaults.clone()
         };
+        if let Some(name) = &raw.io_driver {
+            engine.io_driver = name.parse().map_err(|m| invalid("io_driver", m))?;
+        }
         if let Some(shards) = raw.shards {
             if shards == 0 || shards > 1024 {
                 return Err(invalid("shards", format!("{shards} is not between 1 and 1024")));

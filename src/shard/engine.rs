@@ -30,6 +30,7 @@
 //!   reported in [`TorrentStatus`]); pieces already verified stay on disk.
 
 use super::bufpool::BufPool;
+use super::driver::IoDriver;
 use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
@@ -37,7 +38,7 @@ use crate::metainfo::{InfoHash, Metainfo};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
-use crate::storage::{PieceStore, StoreOptions};
+use crate::storage::{Backend, PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
 use crate::wire::{Handshake, PeerId};
 use std::cell::{Cell, RefCell};
@@ -152,6 +153,8 @@ pub struct ShardContext {
     pub block_buffers: BufPool,
     /// The process-wide rate limits, shared by every shard.
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// The I/O driver this shard runs.
+    pub driver: IoDriver,
 }
 
 impl ShardContext {
@@ -162,6 +165,7 @@ impl ShardContext {
         hash_pool: Arc<HashPool>,
         trackers: Option<TrackerHandle>,
         rate_limits: Arc<ProcessRateLimits>,
+        driver: IoDriver,
     ) -> Rc<ShardContext> {
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
@@ -175,6 +179,7 @@ impl ShardContext {
             write_buffers: BufPool::new(WRITE_BUFFER_BYTES, 64),
             block_buffers: BufPool::new(crate::wire::BLOCK_LEN as usize, 256),
             rate_limits,
+            driver,
         })
     }
 }
@@ -215,7 +220,14 @@ impl TorrentTask {
     pub fn start(ctx: Rc<ShardContext>, spec: TorrentSpec) -> Result<Rc<TorrentTask>, String> {
         let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
         let info = &torrent.metainfo.info;
-        let store = PieceStore::open(info, &torrent.download_dir, torrent.store_options)
+        let mut store_options = torrent.store_options;
+        if ctx.driver == IoDriver::Epoll && store_options.backend == Backend::Uring {
+            // The uring backend submits to the shard's ring, which an epoll
+            // shard does not have.
+            tracing::warn!("storage backend uring needs the io_uring driver; using pwrite");
+            store_options.backend = Backend::Pwrite;
+        }
+        let store = PieceStore::open(info, &torrent.download_dir, store_options)
             .map_err(|e| e.to_string())?;
         let params = TorrentParams {
             info_hash: torrent.metainfo.info_hash,
@@ -255,7 +267,7 @@ impl TorrentTask {
         task.add_peers(&torrent.peers);
         task.drain_actions();
         let ticker = task.clone();
-        tokio_uring::spawn(async move { ticker.run_ticker().await });
+        super::driver::spawn(async move { ticker.run_ticker().await });
         Ok(task)
     }
 
@@ -380,6 +392,7 @@ impl TorrentTask {
     fn dial(self: &Rc<Self>) {
         let config = &self.ctx.config;
         let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let io_driver = self.ctx.driver;
         while self.half_open.get() < MAX_HALF_OPEN
             && self.ctx.connections.get() + self.half_open.get() < self.ctx.max_connections
         {
@@ -389,8 +402,8 @@ impl TorrentTask {
             }
             self.half_open.set(self.half_open.get() + 1);
             let task = self.clone();
-            tokio_uring::spawn(async move {
-                let result = peer_io::connect(addr, timeout).await;
+            super::driver::spawn(async move {
+                let result = peer_io::connect(io_driver, addr, timeout).await;
                 task.half_open.set(task.half_open.get() - 1);
                 match result {
                     Ok(stream) if !task.stopped.get() => {
@@ -425,7 +438,7 @@ impl TorrentTask {
             }
         }
         let task = self.clone();
-        tokio_uring::spawn(async move {
+        super::driver::spawn(async move {
             tokio::time::sleep(REDIAL_DELAY).await;
             if !task.stopped.get() {
                 task.candidates.borrow_mut().push_back(addr);
@@ -438,7 +451,7 @@ impl TorrentTask {
         if self.stopped.get() || self.ctx.connections.get() >= self.ctx.max_connections {
             return;
         }
-        let stream = match peer_io::adopt(stream) {
+        let stream = match peer_io::adopt(self.ctx.driver, stream) {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%addr, %error, "adopt");
@@ -480,9 +493,9 @@ impl TorrentTask {
         wake.notify_one();
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(async move { reader.read_loop(conn, token, read_stream).await });
+        super::driver::spawn(async move { reader.read_loop(conn, token, read_stream).await });
         let writer = self.clone();
-        tokio_uring::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
+        super::driver::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
     }
 
     fn is_current(&self, conn: ConnId, token: u64) -> bool {
@@ -576,7 +589,7 @@ impl TorrentTask {
                 Action::HashPiece { piece, data, expected } => self.hash(piece, data, expected),
                 Action::WritePiece { piece, data } => {
                     let task = self.clone();
-                    tokio_uring::spawn(async move { task.write_piece(piece, data).await });
+                    super::driver::spawn(async move { task.write_piece(piece, data).await });
                 }
                 Action::ReadBlock { conn, request } if self.store.reads_at_once() => {
                     // Straight into the connection's outgoing bytes: no
@@ -597,7 +610,7 @@ impl TorrentTask {
                     let task = self.clone();
                     let buf = self.ctx.block_buffers.take();
                     let token = self.conns.borrow().get(&conn).map(|e| e.token);
-                    tokio_uring::spawn(async move {
+                    super::driver::spawn(async move {
                         let (result, buf) = task
                             .store
                             .read_block(request.piece, request.begin, request.length, buf)
@@ -653,7 +666,7 @@ impl TorrentTask {
         match self.ctx.hash_pool.submit(piece, data, expected) {
             Ok(verdict) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     let Ok(verdict) = verdict.await else { return };
                     task.core.borrow_mut().piece_hashed(verdict.index, verdict.ok, verdict.buf);
                     task.drain_actions();
@@ -664,7 +677,7 @@ impl TorrentTask {
             // is not produced by single submissions.)
             Err(SubmitError::Full(data)) | Err(SubmitError::BatchTooLarge { jobs: data, .. }) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     tokio::time::sleep(HASH_RETRY).await;
                     if !task.stopped.get() {
                         task.hash(piece, data, expected);

@@ -9,6 +9,7 @@ mod helpers;
 
 mod daemon;
 mod download;
+mod drivers;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
