@@ -20,7 +20,8 @@ use super::api::{login_session, ApiError, Guard};
 use super::{Daemon, DaemonError, TorrentView};
 use crate::metainfo::InfoHash;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,6 +40,12 @@ pub const SID_COOKIE: &str = "SID";
 pub const LOGIN_PATH: &str = "/api/v2/auth/login";
 /// Most entries in a `hashes` parameter.
 pub const HASHES_MAX: usize = 10_000;
+/// Largest `torrents/add` request (every .torrent of it together).
+pub const ADD_BODY_MAX_BYTES: usize = crate::metainfo::METAINFO_FILE_MAX_BYTES as usize;
+/// Most .torrent files in one `torrents/add`.
+pub const ADD_TORRENTS_MAX: usize = 1000;
+/// Largest text field of a `torrents/add` form.
+const ADD_TEXT_FIELD_MAX_BYTES: usize = 64 * 1024;
 /// qBittorrent's "infinite" ETA (100 days).
 const ETA_INFINITE_SECS: u64 = 8_640_000;
 
@@ -63,6 +70,7 @@ pub fn router(daemon: Arc<Daemon>, guard: Arc<Guard>) -> Router {
         .route("/api/v2/torrents/resume", post(resume))
         .route("/api/v2/torrents/start", post(resume))
         .route("/api/v2/torrents/delete", post(delete))
+        .route("/api/v2/torrents/add", post(add).layer(DefaultBodyLimit::max(ADD_BODY_MAX_BYTES)))
         .with_state(daemon)
         .merge(auth)
 }
@@ -507,6 +515,65 @@ async fn delete(
     } else {
         each(daemon, p, Daemon::remove).await
     }
+}
+
+/// `torrents/add`: multipart `torrents` files with `savepath` (under the
+/// download roots), `paused`/`stopped`. `Ok.` when at least one was added,
+/// `Fails.` when none (bad or duplicate), 403 for a save path outside the
+/// roots, 400 for what is not supported (`urls`) or malformed.
+async fn add(
+    State(daemon): State<Arc<Daemon>>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart =
+        multipart.map_err(|e| bad(format!("torrents/add needs multipart/form-data: {e}")))?;
+    let mut torrents: Vec<Vec<u8>> = Vec::new();
+    let mut fields: HashMap<String, String> = HashMap::new();
+    loop {
+        let field =
+            multipart.next_field().await.map_err(|e| bad(format!("malformed multipart: {e}")))?;
+        let Some(field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        let is_file = field.file_name().is_some();
+        let bytes = field.bytes().await.map_err(|e| bad(format!("malformed multipart: {e}")))?;
+        if name == "torrents" || is_file {
+            if torrents.len() >= ADD_TORRENTS_MAX {
+                return Err(bad(format!("more than {ADD_TORRENTS_MAX} torrents in one request")));
+            }
+            torrents.push(bytes.to_vec());
+        } else {
+            if bytes.len() > ADD_TEXT_FIELD_MAX_BYTES {
+                return Err(bad(format!(
+                    "field {name:?} is longer than {ADD_TEXT_FIELD_MAX_BYTES} bytes"
+                )));
+            }
+            fields.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    if fields.get("urls").is_some_and(|u| !u.trim().is_empty()) {
+        return Err(bad(
+            "urls (links and magnets) are not supported yet: upload the .torrent file".into(),
+        ));
+    }
+    if torrents.is_empty() {
+        return Err(bad("no torrents file in the form".into()));
+    }
+    let paused = ["paused", "stopped"].iter().any(|k| fields.get(*k).is_some_and(|v| flag(v)));
+    let save_path = fields.get("savepath").filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let added = blocking(move || {
+        let mut added = 0;
+        for bytes in torrents {
+            match daemon.add_torrent(bytes, save_path.clone(), super::registry::Source::Api, paused)
+            {
+                Ok(_) => added += 1,
+                Err(error @ DaemonError::Roots(_)) => return Err(error.into()),
+                Err(error) => tracing::info!(%error, "torrents/add: not added"),
+            }
+        }
+        Ok(added)
+    })
+    .await?;
+    Ok(text(if added > 0 { "Ok." } else { "Fails." }))
 }
 
 #[cfg(test)]

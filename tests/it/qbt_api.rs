@@ -11,10 +11,13 @@ use std::time::Duration;
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
 /// Goal: a qBittorrent client library can drive the daemon.
-/// Setup: a daemon with a username and password; one small torrent seeding
-/// from its download dir, added through the ringbit API.
+/// Setup: a daemon with a username and password; one small torrent's data
+/// in its download dir and its .torrent beside.
 /// Check: `tests/peers/qbt_client.py` passes: 403 without a session, a
-/// wrong password refused, versions `v4.6.7`/`2.9.3`, the torrent listed
+/// wrong password refused, versions `v4.6.7`/`2.9.3`, `torrents/add`
+/// (multipart) refuses a save path outside the roots (403, nothing
+/// created), adds the torrent (`Ok.`, then `Fails.` for the duplicate), which
+/// is rechecked and listed
 /// with its name, progress, state (`stalledUP`) and save path, filters,
 /// pause (`pausedUP`) and resume, transfer info, unknown hashes skipped and
 /// malformed ones refused, delete with files removing the data.
@@ -45,11 +48,10 @@ fn qbittorrent_api_client_drives_the_daemon() {
         ),
     )
     .unwrap();
+    let torrent_file = dir.path().join("show.torrent");
+    std::fs::write(&torrent_file, &torrent).unwrap();
     let daemon = Daemon::start(&config, &dir.path().join("state"), &dir.path().join("daemon.log"));
-    let (code, body) =
-        daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", &torrent);
-    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
-    daemon.wait_seeding(1);
+    daemon.wait_seeding(0);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/qbt_client.py");
     let out = helpers::run_bounded(
         std::process::Command::new(&python)
@@ -58,7 +60,11 @@ fn qbittorrent_api_client_drives_the_daemon() {
             .args(["--username", "sonarr", "--password", "s3cret"])
             .args(["--hash", &info_hash, "--name", "show.S01E01.mkv"])
             .arg("--save-path")
-            .arg(&data_dir),
+            .arg(&data_dir)
+            .arg("--torrent")
+            .arg(&torrent_file)
+            .arg("--outside")
+            .arg(dir.path().join("outside")),
         SCRIPT_LIMIT,
     );
     assert!(

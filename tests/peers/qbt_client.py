@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--hash", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--save-path", required=True)
+    ap.add_argument("--torrent", required=True, help=".torrent file to add")
+    ap.add_argument("--outside", required=True, help="a save path outside the roots (must stay absent)")
     a = ap.parse_args()
     host = "http://127.0.0.1:%d" % a.port
 
@@ -63,6 +65,18 @@ def main():
     prefs = c.app.preferences
     for key in ("save_path", "max_ratio_enabled", "max_ratio", "max_ratio_act", "queueing_enabled", "dht"):
         assert key in prefs, key
+
+    # Add the .torrent as Sonarr does (multipart), into the save path.
+    assert c.torrents_info() == []
+    try:
+        c.torrents_add(torrent_files=a.torrent, save_path=a.outside)
+        raise AssertionError("a save path outside the roots was accepted")
+    except qbittorrentapi.Forbidden403Error:
+        pass
+    assert not os.path.exists(a.outside), "the refused save path was created"
+    assert c.torrents_info() == []
+    assert c.torrents_add(torrent_files=a.torrent, save_path=a.save_path) == "Ok."
+    assert c.torrents_add(torrent_files=a.torrent, save_path=a.save_path) == "Fails.", "a duplicate"
 
     def one():
         rows = c.torrents_info(torrent_hashes=a.hash)
