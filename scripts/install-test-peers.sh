@@ -3,8 +3,10 @@
 # the qBittorrent Web API client library (PyPI `qbittorrent-api`, for
 # tests/peers/qbt_client.py), into Debian's /usr/bin/python3.
 # Idempotent: does nothing when everything is already installed.
+# python3-fusepy (with libfuse2) runs tests/peers/failfs.py, the FUSE
+# filesystem whose fsync fails on demand (tests/it/durability.rs).
 set -euo pipefail
-PACKAGES=(python3-libtorrent python3-pip transmission-cli transmission-daemon aria2 opentracker mktorrent)
+PACKAGES=(python3-libtorrent python3-pip transmission-cli transmission-daemon aria2 opentracker mktorrent python3-fusepy strace python3-seccomp)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

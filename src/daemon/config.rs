@@ -8,7 +8,7 @@
 
 use super::auth::{self, Credentials, PasswordHash};
 use crate::config::{parse_size, Config};
-use crate::storage::{Backend, FILE_IDLE_CLOSE_SECS};
+use crate::storage::{Allocation, Backend, FILE_IDLE_CLOSE_SECS};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -81,9 +81,14 @@ struct RawConfig {
     #[serde(default)]
     backend: Option<String>,
     #[serde(default)]
+    allocation: Option<String>,
+    direct_io: Option<bool>,
+    io_driver: Option<String>,
+    #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
     download_roots: Vec<PathBuf>,
+    encryption: Option<String>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -184,10 +189,16 @@ pub struct DaemonConfig {
     /// Announce every N seconds whatever the tracker's interval.
     pub reannounce_secs: Option<u32>,
     pub backend: Backend,
+    /// How data files are reserved: `full` (fallocate, default) or `sparse`
+    /// (for filesystems without fallocate: NFSv3, some FUSE).
+    pub allocation: Allocation,
+    /// io_uring backend: write pieces with O_DIRECT where aligned (default
+    /// true; off by itself on filesystems that refuse it).
+    pub direct_io: bool,
     /// Write resume state of changed torrents this often (default 300 s).
     pub resume_save_interval_secs: u64,
     pub max_torrents: usize,
-    /// Close a data file (pwrite backend) unused this long (default
+    /// Close a data file (pwrite and io_uring backends) unused this long (default
     /// [`FILE_IDLE_CLOSE_SECS`]).
     pub file_idle_close_secs: u64,
 }
@@ -225,6 +236,9 @@ impl DaemonConfig {
             state_dir: None,
             ..defaults.clone()
         };
+        if let Some(name) = &raw.io_driver {
+            engine.io_driver = name.parse().map_err(|m| invalid("io_driver", m))?;
+        }
         if let Some(shards) = raw.shards {
             if shards == 0 || shards > 1024 {
                 return Err(invalid("shards", format!("{shards} is not between 1 and 1024")));
@@ -257,9 +271,16 @@ impl DaemonConfig {
             size(limits.upload_rate.as_ref()).map_err(|m| invalid("limits.upload_rate", m))?;
         engine.download_rate_limit_bytes_per_s =
             size(limits.download_rate.as_ref()).map_err(|m| invalid("limits.download_rate", m))?;
+        if let Some(policy) = &raw.encryption {
+            engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
+        }
         let backend = match raw.backend {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
+        };
+        let allocation = match raw.allocation {
+            Some(name) => name.parse::<Allocation>().map_err(|m| invalid("allocation", m))?,
+            None => Allocation::default(),
         };
         let max_torrents = limits.max_torrents.unwrap_or(MAX_TORRENTS_DEFAULT);
         if max_torrents == 0 {
@@ -304,6 +325,8 @@ impl DaemonConfig {
             trackers: raw.trackers.unwrap_or(true),
             reannounce_secs: raw.reannounce_secs,
             backend,
+            allocation,
+            direct_io: raw.direct_io.unwrap_or(true),
             resume_save_interval_secs,
             max_torrents,
             file_idle_close_secs,
@@ -427,6 +450,10 @@ mod tests {
             "download_dir is the default root"
         );
         assert!(c.api.auth && c.api.credentials.is_none() && !c.api.metrics_public);
+        assert_eq!(c.allocation, Allocation::Full);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Prefer);
+        let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nencryption = \"always\"\n";
+        assert!(parse(bad).unwrap_err().to_string().contains("encryption"));
     }
 
     #[test]
@@ -444,8 +471,10 @@ mod tests {
             trackers = false
             reannounce_secs = 60
             backend = "mmap"
+            allocation = "sparse"
             resume_save_interval_secs = 60
             download_roots = ["/srv/data", "more"]
+            encryption = "require"
             [limits]
             max_torrents = 20000
             max_peers_per_torrent = 40
@@ -484,9 +513,11 @@ mod tests {
         assert_eq!(c.engine.upload_slots, 4);
         assert_eq!(c.max_torrents, 20000);
         assert_eq!(c.backend, Backend::Mmap);
+        assert_eq!(c.allocation, Allocation::Sparse);
         assert_eq!(c.watch_dir.as_deref(), Some(Path::new("/srv/watch")));
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
+        assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Require);
     }
 
     #[test]
@@ -500,6 +531,7 @@ mod tests {
                 "upload_rate",
             ),
             ("state_dir = \"s\"\ndownload_dir = \"d\"\nbackend = \"floppy\"\n", "backend"),
+            ("state_dir = \"s\"\ndownload_dir = \"d\"\nallocation = \"some\"\n", "allocation"),
             (
                 "state_dir = \"s\"\ndownload_dir = \"d\"\n[limits]\nfile_idle_close_secs = 0\n",
                 "file_idle_close_secs",

@@ -417,9 +417,20 @@ fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
     let watched = dir.path().join("watch").join("item-00002.torrent");
     std::fs::copy(staging.join("item-00002.torrent"), &watched).unwrap();
     daemon.wait_seeding(3);
+    // A watch directory that reads empty (an unmounted mount point, an NFS
+    // hiccup) removes nothing, however many scans (1 s apart) see it so.
+    let resume_file = state.join(format!("{}.resume", hashes[2]));
+    assert!(resume_file.exists());
     std::fs::remove_file(&watched).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(daemon.status()["torrents"], 3, "{}", daemon.log());
+    assert!(resume_file.exists(), "resume state kept");
+    // With the directory plainly there (another file in it), the file's
+    // absence over several scans removes its torrent.
+    std::fs::write(dir.path().join("watch").join(".keep"), b"").unwrap();
     let gone = helpers::wait_until(Duration::from_secs(20), || daemon.status()["torrents"] == 2);
     assert!(gone, "{}", daemon.log());
+    assert!(!resume_file.exists(), "a removed torrent's resume state goes");
 
     // Remove through the API; the data stays.
     assert_eq!(daemon.request("DELETE", &one, "", b"").0, 200);
