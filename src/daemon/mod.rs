@@ -32,6 +32,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod qbt;
 pub mod registry;
 pub mod roots;
 pub mod watch;
@@ -628,6 +629,40 @@ impl Daemon {
         Ok(())
     }
 
+    /// [`Daemon::remove`], then deletes the torrent's data files (and the
+    /// directories of a multi-file torrent left empty). Only files of the
+    /// torrent's own layout under its download dir, itself under the roots,
+    /// are touched.
+    pub fn remove_with_data(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        let (metainfo, dir) = {
+            let torrents = lock(&self.torrents);
+            let entry = torrents.get(&info_hash).ok_or(DaemonError::NotFound(info_hash))?;
+            (entry.metainfo.clone(), entry.meta.download_dir.clone())
+        };
+        self.remove(info_hash)?;
+        let dir = roots::resolve_under(&dir, &self.roots)?;
+        let mut parents = std::collections::BTreeSet::new();
+        for file in metainfo.info.files.iter().filter(|f| !f.pad) {
+            let path = crate::storage::file_path(&dir, &file.path);
+            if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot delete a data file");
+                }
+            }
+            let mut parent = path.parent();
+            while let Some(p) = parent.filter(|p| p.starts_with(&dir) && *p != dir) {
+                parents.insert(p.to_path_buf());
+                parent = p.parent();
+            }
+        }
+        // Deepest first; a directory that still holds other files stays.
+        for p in parents.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+        tracing::info!(%info_hash, "torrent data deleted");
+        Ok(())
+    }
+
     /// Removes the torrents added from the watch directory file `path`.
     pub fn remove_watched(&self, path: &Path) {
         let hashes: Vec<InfoHash> = lock(&self.torrents)
@@ -824,6 +859,7 @@ impl Daemon {
             shard: info_hash.shard(self.shard_count),
             download_dir: entry.meta.download_dir.clone(),
             source: entry.meta.source.clone(),
+            added_at: entry.meta.added_at,
             rechecked_pieces: entry.rechecked_pieces,
             upload_rate_limit: entry.meta.upload_rate_limit,
             download_rate_limit: entry.meta.download_rate_limit,
@@ -1075,6 +1111,8 @@ pub struct TorrentView {
     pub shard: usize,
     pub download_dir: PathBuf,
     pub source: Source,
+    /// Seconds since the Unix epoch.
+    pub added_at: u64,
     /// Pieces hashed the last time it started (0 when resume state was trusted).
     pub rechecked_pieces: u32,
     /// This torrent's own limits, bytes per second (0 = none).

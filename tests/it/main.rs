@@ -17,6 +17,7 @@ mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
+mod qbt_api;
 mod seeding;
 mod storage;
 mod syscalls;
