@@ -411,9 +411,9 @@ fn scripted_honest_peer_seeds_ringbit() {
 // ---------------------------------------------------------------------------
 // A leecher that pipelines past our `reqq`
 
-/// Requests a pipelining leecher keeps in flight: well past the `reqq` of 500
-/// that ringbit advertises, as the real client that was banned did.
-const OVER_REQQ_WINDOW: usize = 800;
+/// Requests a pipelining leecher keeps in flight: well past the `reqq` of
+/// 2000 that ringbit advertises, as the real client that was banned did.
+const OVER_REQQ_WINDOW: usize = 2600;
 
 /// What [`pipelining_leecher`] saw.
 #[derive(Debug, Default)]
@@ -563,16 +563,16 @@ fn pipelining_leecher(
 /// advertise is served or rejected, never disconnected or banned, and its
 /// download completes (issue 11 §3: a real client was banned for this after
 /// 150 MiB of a 1 GiB download and never came back).
-/// Setup: 16 MiB single file (256 KiB pieces) seeded by `ringbit seed`; a
-/// scripted leecher with the fast extension keeps 800 requests outstanding
-/// (reqq is 500), re-requesting each rejected block; then one without the
+/// Setup: 64 MiB single file (1 MiB pieces) seeded by `ringbit seed`; a
+/// scripted leecher with the fast extension keeps 2,600 requests outstanding
+/// (reqq is 2,000), re-requesting each rejected block; then one without the
 /// fast extension does the same, re-sending requests left unanswered.
 /// Check: both get every block, byte-identical, over their one connection;
 /// the fast one saw rejects (the overflow really happened); a later
 /// connection from the same IP is still accepted (no ban).
 #[test]
 fn a_leecher_pipelining_past_reqq_is_served_and_never_banned() {
-    let payload = Payload::single_file("pipelined.bin", 16 << 20, 18);
+    let payload = Payload::single_file("pipelined.bin", 64 << 20, 20);
     let torrent = payload.torrent(&[]);
     let seed = crate::seeding::RingbitSeed::start(&torrent, &payload.save_path, &[], None);
     let data = std::fs::read(payload.save_path.join(&payload.name)).unwrap();
