@@ -42,6 +42,12 @@ Modes:
               name: rate >= 1.2x and seeder CPU <= 0.5x for the same libtorrent
               leecher (against the default libtorrent seeder with that
               leecher); ringbit->ringbit rate >= 1.5x lt->lt.
+  --leech-compare  (the issue 14 leecher targets, in ONE invocation) three
+              leechers from the same `ringbit seed`: aria2, libtorrent and
+              ringbit. Prints the leecher ratios the targets name: ringbit's
+              rate >= 1.25x aria2's, ringbit's CPU per GiB <= 0.6x aria2's,
+              ringbit's peak RSS <= 64 MiB, ringbit->ringbit >= 800 MB/s.
+              scripts/bench-leech.sh runs this.
   default     one seeder (--seeder) and each of --leechers.
 
 Runs interleave the pairs (--runs rounds; each round runs every pair once, in
@@ -102,6 +108,8 @@ SEEDERS = ["libtorrent", "libtorrent-hp", "ringbit"]
 # and on a small machine that caps it below what either seeder can send.
 DEEP_DISK_QUEUE_BYTES = 32 << 20
 # --compare: (seeder, leecher) pairs; the first is the reference.
+# --leech-compare: every leecher from the same ringbit seeder; aria2 is the reference.
+LEECH_COMPARE_PAIRS = [("ringbit", "aria2"), ("ringbit", "libtorrent"), ("ringbit", "ringbit")]
 COMPARE_PAIRS = [("libtorrent", "libtorrent"), ("ringbit", "libtorrent"), ("ringbit", "ringbit"),
                  ("libtorrent", "libtorrent-dq"), ("ringbit", "libtorrent-dq"),
                  ("libtorrent-hp", "libtorrent-dq")]
@@ -577,6 +585,9 @@ def main():
     ap.add_argument("--transmission", action="store_true",
                     help="issue 11's pair: a transmission leecher from the libtorrent seeder "
                     "and from ringbit seed, rate ratio (target >= 0.8x)")
+    ap.add_argument("--leech-compare", action="store_true",
+                    help="the issue 14 leecher targets in one run: aria2, libtorrent and "
+                    "ringbit leechers from the same ringbit seed")
     ap.add_argument("--leechers", default=",".join(DEFAULT_LEECHERS),
                     help="comma-separated, from: " + ", ".join(LEECHERS))
     ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
@@ -600,10 +611,14 @@ def main():
             die("%s is not installed: run scripts/install-test-peers.sh" % tool)
 
     notes = []
+    if a.compare and a.leech_compare:
+        die("--compare and --leech-compare are separate runs")
     if a.compare:
         pairs = list(COMPARE_PAIRS)
     elif a.transmission:
         pairs = list(TRANSMISSION_PAIRS)
+    elif a.leech_compare:
+        pairs = list(LEECH_COMPARE_PAIRS)
     else:
         pairs = [(a.seeder, k.strip()) for k in a.leechers.split(",") if k.strip()]
     for sub, role in (("download", "leecher"), ("seed", "seeder")):
@@ -611,7 +626,7 @@ def main():
         if uses:
             note = ringbit_missing(a.ringbit, sub)
             if note:
-                if a.compare or role == "seeder":
+                if a.compare or a.leech_compare or role == "seeder":
                     die("ringbit %s: %s" % (role, note))
                 notes.append("ringbit %s skipped: %s" % (role, note))
                 pairs = [p for p in pairs if p not in uses]
@@ -712,6 +727,8 @@ def main():
                        (("ringbit", "libtorrent-dq"), ("libtorrent-hp", "libtorrent-dq"))]
     elif a.transmission:
         comparisons = [TRANSMISSION_PAIRS[::-1]]
+    elif a.leech_compare:
+        comparisons = []
     elif a.seeder == "libtorrent":
         comparisons = [(p, ("libtorrent", "libtorrent")) for p in med]
     else:
@@ -760,6 +777,36 @@ def main():
         target_cols = ["target", "measured", "wanted", "met"]
         target_rows = [["rate, transmission leecher: ringbit seed / libtorrent seed",
                         "%.2fx" % ratio, ">= 0.80", "yes" if ratio >= 0.8 else "NO"]]
+    elif a.leech_compare:
+        # The leecher is what differs: ratios of leecher rate, leecher CPU and
+        # RSS against aria2 (and libtorrent) from the same ringbit seeder.
+        rb, ar, lt = (med[("ringbit", k)] for k in ("ringbit", "aria2", "libtorrent"))
+        leech_cols = ["leecher", "reference", "rate", "leecher CPU/GiB", "leecher RSS",
+                      "rate per round"]
+        leech_rows = []
+        for name, ref in (("aria2", ar), ("libtorrent", lt)):
+            per_round = ["%.2f" % (r[("ringbit", "ringbit")]["mbps"] / r[("ringbit", name)]["mbps"])
+                         for r in rounds]
+            leech_rows.append(["ringbit", name, "%.2fx" % (rb["mbps"] / ref["mbps"]),
+                               "%.2fx" % (rb["cpu_per_gib"] / ref["cpu_per_gib"]),
+                               "%.2fx" % (rb["rss_mib"] / max(ref["rss_mib"], 1e-9)),
+                               " ".join(per_round)])
+        print()
+        print(fmt_table(leech_rows, leech_cols))
+        tables.append((leech_rows, leech_cols))
+        checks = [
+            ("rate: ringbit leecher / aria2 leecher (same ringbit seed)",
+             "%.2fx" % (rb["mbps"] / ar["mbps"]), ">= 1.25x", rb["mbps"] / ar["mbps"] >= 1.25),
+            ("CPU per GiB: ringbit leecher / aria2 leecher",
+             "%.2fx" % (rb["cpu_per_gib"] / ar["cpu_per_gib"]), "<= 0.60x",
+             rb["cpu_per_gib"] / ar["cpu_per_gib"] <= 0.6),
+            ("peak RSS of the ringbit leecher", "%.0f MiB" % rb["rss_mib"], "<= 64 MiB",
+             rb["rss_mib"] <= 64),
+            ("ringbit -> ringbit rate", "%.0f MB/s" % rb["mbps"], ">= 800 MB/s",
+             rb["mbps"] >= 800),
+        ]
+        target_cols = ["target", "measured", "wanted", "met"]
+        target_rows = [[n, v, w, "yes" if ok else "NO"] for n, v, w, ok in checks]
         print()
         print(fmt_table(target_rows, target_cols))
         tables.append((target_rows, target_cols))

@@ -10,6 +10,7 @@
 //! into its choker; [`Config::validate`] refuses values that would make the
 //! engine misbehave (a zero timer, a zero bound).
 
+pub use crate::mse::EncryptionPolicy;
 use std::path::PathBuf;
 
 /// Engine-wide settings.
@@ -66,6 +67,9 @@ pub struct Config {
     pub download_rate_limit_bytes_per_s: u64,
     /// Process-wide upload limit in bytes/s, 0 = unlimited.
     pub upload_rate_limit_bytes_per_s: u64,
+    /// MSE/PE policy (default `prefer`: both accepted, MSE tried first
+    /// outgoing with a plaintext retry).
+    pub encryption: EncryptionPolicy,
 }
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             optimistic_unchoke_interval_ms: 30_000,
             download_rate_limit_bytes_per_s: 0,
             upload_rate_limit_bytes_per_s: 0,
+            encryption: EncryptionPolicy::Prefer,
         }
     }
 }

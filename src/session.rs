@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
 use crate::net::listener::{ListenConfig, ListenError, Listener};
+use crate::net::mse_io::TorrentKeys;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
 use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
@@ -86,6 +87,8 @@ pub struct Session {
     trackers: Option<TrackerHandle>,
     peer_id: PeerId,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
+    /// Every torrent by its MSE req2 hash, for the listener.
+    torrent_keys: Arc<TorrentKeys>,
     rate_limits: Arc<ProcessRateLimits>,
     _hash_pool: Arc<HashPool>,
 }
@@ -111,8 +114,9 @@ impl Session {
                 sinks.push(sink);
                 receivers.push(Some(receiver));
             }
-            let tracker_config =
+            let mut tracker_config =
                 options.tracker_config.clone().unwrap_or_else(|| TrackerConfig::new(peer_id.0));
+            tracker_config.encryption = config.encryption;
             Some(TrackerHandle::start(tracker_config, sinks)?)
         } else {
             receivers.extend((0..shard_count).map(|_| None));
@@ -135,6 +139,7 @@ impl Session {
             .collect();
         let shards = ShardSet::start(inits, config.pin_shards)?;
         let senders: Vec<_> = (0..shards.len()).map(|i| shards.sender(i)).collect();
+        let torrent_keys = Arc::new(TorrentKeys::default());
         let listener = Listener::start(
             ListenConfig {
                 ips: options.listen_ips.clone(),
@@ -142,6 +147,8 @@ impl Session {
                 max_pending_handshakes: config.max_pending_handshakes,
                 max_pending_handshakes_per_ip: config.max_pending_handshakes_per_ip,
                 handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+                encryption: config.encryption,
+                torrents: torrent_keys.clone(),
             },
             Box::new(move |peer| {
                 let shard = peer.handshake.info_hash.shard(senders.len());
@@ -155,6 +162,7 @@ impl Session {
             trackers,
             peer_id,
             torrents: Mutex::new(HashMap::new()),
+            torrent_keys,
             rate_limits,
             _hash_pool: hash_pool,
         })
@@ -235,6 +243,7 @@ impl Session {
             }
         }
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
+        self.torrent_keys.insert(info_hash);
         Ok(status)
     }
 
@@ -287,6 +296,7 @@ impl Session {
     /// is flushed. Returns its final status.
     pub fn remove(&self, info_hash: InfoHash) -> Option<Arc<TorrentStatus>> {
         let status = self.torrents.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash)?;
+        self.torrent_keys.remove(&info_hash);
         if let Some(trackers) = &self.trackers {
             let _ = trackers.remove(info_hash);
         }

@@ -15,8 +15,14 @@
 //! * a handshake that does not arrive within `handshake_timeout` closes the
 //!   connection; the timeout is on the handshake, and the socket is handed
 //!   over only after the read completed, so no read is ever left in flight;
-//! * [`Listener::shutdown`] stops accepting and joins the thread.
+//! * [`Listener::shutdown`] stops accepting and joins the thread;
+//! * the first 20 bytes tell a plaintext handshake (`\x13BitTorrent
+//!   protocol`) from an MSE one; the MSE responder ([`super::mse_io`]) runs
+//!   here under the same permit and timeout, and the connection is handed on
+//!   with its ciphers and the payload already read, decrypted.
 
+use super::mse_io::{self, PeerCipher, TorrentKeys};
+use crate::mse::EncryptionPolicy;
 use crate::wire::{decode_handshake, Handshake, HandshakeDecoded, HANDSHAKE_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
@@ -36,6 +42,10 @@ pub struct IncomingPeer {
     pub stream: std::net::TcpStream,
     pub addr: SocketAddr,
     pub handshake: Handshake,
+    /// Payload ciphers (plaintext unless MSE selected RC4).
+    pub cipher: PeerCipher,
+    /// Payload that arrived after the handshake, decrypted (MSE only).
+    pub leftover: Vec<u8>,
 }
 
 /// Where accepted connections go. Returns false when nobody wants it (the
@@ -68,6 +78,10 @@ pub struct ListenConfig {
     /// Handshakes being read from one IP at most.
     pub max_pending_handshakes_per_ip: usize,
     pub handshake_timeout: Duration,
+    /// Which handshakes are accepted: plaintext, MSE, or both.
+    pub encryption: EncryptionPolicy,
+    /// Torrents an MSE responder may find by their req2 hash.
+    pub torrents: Arc<TorrentKeys>,
 }
 
 /// Pending handshakes per IP (its entries number at most the total pending
@@ -207,6 +221,7 @@ async fn accept_all(
         let max_per_ip = config.max_pending_handshakes_per_ip;
         let route = route.clone();
         let timeout = config.handshake_timeout;
+        let (encryption, torrents) = (config.encryption, config.torrents.clone());
         tasks.spawn(async move {
             loop {
                 let (stream, addr) = match listener.accept().await {
@@ -228,11 +243,13 @@ async fn accept_all(
                     continue;
                 };
                 let route = route.clone();
+                let torrents = torrents.clone();
                 tokio::spawn(async move {
                     let _permits = (permit, ip_permit);
-                    match read_handshake(stream, timeout).await {
-                        Ok((stream, handshake)) => {
-                            if !route(IncomingPeer { stream, addr, handshake }) {
+                    match read_handshake(stream, timeout, encryption, &torrents).await {
+                        Ok((stream, handshake, cipher, leftover)) => {
+                            let peer = IncomingPeer { stream, addr, handshake, cipher, leftover };
+                            if !route(peer) {
                                 tracing::debug!(%addr, "no torrent for handshake");
                             }
                         }
@@ -246,25 +263,56 @@ async fn accept_all(
     tasks.shutdown().await;
 }
 
+type Accepted = (std::net::TcpStream, Handshake, PeerCipher, Vec<u8>);
+
 async fn read_handshake(
     mut stream: tokio::net::TcpStream,
     timeout: Duration,
-) -> Result<(std::net::TcpStream, Handshake), String> {
-    let mut buf = [0u8; HANDSHAKE_LEN];
-    match tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await {
-        Err(_) => return Err(format!("no handshake within {timeout:?}")),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Ok(Ok(_)) => {}
-    }
-    let handshake = match decode_handshake(&buf) {
-        Ok(HandshakeDecoded::Done(h)) => h,
-        Ok(HandshakeDecoded::NeedMore(_)) => return Err("short handshake".into()),
-        Err(e) => return Err(e.to_string()),
-    };
+    encryption: EncryptionPolicy,
+    torrents: &TorrentKeys,
+) -> Result<Accepted, String> {
+    let (handshake, cipher, leftover) =
+        match tokio::time::timeout(timeout, negotiate(&mut stream, encryption, torrents)).await {
+            Err(_) => return Err(format!("no handshake within {timeout:?}")),
+            Ok(result) => result?,
+        };
     let stream = stream.into_std().map_err(|e| e.to_string())?;
     // io_uring reads and writes on the shard expect a blocking-mode socket.
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    Ok((stream, handshake))
+    Ok((stream, handshake, cipher, leftover))
+}
+
+/// Reads a plaintext handshake, or answers an MSE one and reads the
+/// handshake inside it, as the policy allows.
+async fn negotiate(
+    stream: &mut tokio::net::TcpStream,
+    encryption: EncryptionPolicy,
+    torrents: &TorrentKeys,
+) -> Result<(Handshake, PeerCipher, Vec<u8>), String> {
+    // 20 bytes: the protocol string of a plaintext handshake, or the start
+    // of an MSE public key (which is at least 96 bytes).
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    stream.read_exact(&mut buf[..20]).await.map_err(|e| e.to_string())?;
+    let plaintext = buf[0] == 19 && &buf[1..20] == crate::wire::PROTOCOL;
+    if !plaintext {
+        if !encryption.uses_mse() {
+            return Err("not a BitTorrent handshake (encryption disabled)".into());
+        }
+        let done = mse_io::respond(stream, &buf[..20], encryption, torrents)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(rc4 = done.cipher.is_rc4(), "incoming MSE handshake done");
+        return Ok((done.handshake, done.cipher, done.leftover));
+    }
+    if !encryption.accepts_plaintext() {
+        return Err("plaintext handshake refused (encryption required)".into());
+    }
+    stream.read_exact(&mut buf[20..]).await.map_err(|e| e.to_string())?;
+    match decode_handshake(&buf) {
+        Ok(HandshakeDecoded::Done(h)) => Ok((h, PeerCipher::plaintext(), Vec::new())),
+        Ok(HandshakeDecoded::NeedMore(_)) => Err("short handshake".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +334,8 @@ mod tests {
                 max_pending_handshakes: 4,
                 max_pending_handshakes_per_ip: 4,
                 handshake_timeout: Duration::from_millis(300),
+                encryption: EncryptionPolicy::Prefer,
+                torrents: Arc::default(),
             },
             Box::new(move |peer| {
                 sink.lock().unwrap().push(peer);

@@ -292,21 +292,39 @@ fn shard_thread(
                 }
                 ShardCommand::AddTorrent(spec, reply) => {
                     let info_hash = spec.torrent.metainfo.info_hash;
-                    if ctx.torrents.borrow().contains_key(&info_hash) {
+                    if ctx.torrents.borrow().contains_key(&info_hash)
+                        || ctx.opening.borrow().contains_key(&info_hash)
+                    {
                         let _ = reply.send(Err(format!("torrent {info_hash} is already running")));
                         continue;
                     }
-                    match TorrentTask::start(ctx.clone(), *spec) {
-                        Ok(task) => {
-                            ctx.torrents.borrow_mut().insert(info_hash, task);
-                            let _ = reply.send(Ok(()));
+                    // Opening storage waits on the ring (or the blocking
+                    // pool): run it beside the loop so other torrents go on.
+                    ctx.opening.borrow_mut().insert(info_hash, false);
+                    let ctx = ctx.clone();
+                    tokio_uring::spawn(async move {
+                        let started = TorrentTask::start(ctx.clone(), *spec).await;
+                        let removed = ctx.opening.borrow_mut().remove(&info_hash) == Some(true);
+                        match started {
+                            Ok(task) if removed => {
+                                task.stop(None).await;
+                                let _ = reply.send(Err(format!("torrent {info_hash} was removed")));
+                            }
+                            Ok(task) => {
+                                ctx.torrents.borrow_mut().insert(info_hash, task);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(error) => {
+                                let _ = reply.send(Err(error));
+                            }
                         }
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                        }
-                    }
+                    });
                 }
                 ShardCommand::RemoveTorrent(info_hash, reply) => {
+                    // Still opening: it stops as soon as its storage is open.
+                    if let Some(removed) = ctx.opening.borrow_mut().get_mut(&info_hash) {
+                        *removed = true;
+                    }
                     let task = ctx.torrents.borrow_mut().remove(&info_hash);
                     if let Some(task) = task {
                         task.stop(None).await;
@@ -342,7 +360,13 @@ fn shard_thread(
                 ShardCommand::Incoming(peer) => {
                     let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();
                     if let Some(task) = task {
-                        task.accept(peer.stream, peer.addr, peer.handshake);
+                        task.accept(
+                            peer.stream,
+                            peer.addr,
+                            peer.handshake,
+                            peer.cipher,
+                            peer.leftover,
+                        );
                     }
                 }
                 ShardCommand::Shutdown => break,

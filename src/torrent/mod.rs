@@ -61,7 +61,8 @@
 //! Invariants:
 //! * a piece is in `have` only after it hashed correctly *and* was written;
 //! * a piece buffer exists only for a piece with received blocks that is not
-//!   yet handed to the driver; at most [`MAX_PIECE_BUFFERS`] exist at once;
+//!   yet handed to the driver; at most [`MAX_PIECE_BUFFERS`] exist at once
+//!   (fewer for large pieces: [`MAX_PIECE_BUFFER_BYTES`]);
 //! * every connection in `conns` with a completed handshake is known to the
 //!   picker under its unique [`PeerKey`];
 //! * reads for uploads in flight per connection stay below
@@ -113,6 +114,17 @@ pub const MAX_EVIDENCE_PIECES: usize = 8;
 /// Most piece buffers (complete or being filled) held at once; past it no new
 /// piece is started until one is written. Bounds memory per torrent.
 pub const MAX_PIECE_BUFFERS: usize = 512;
+
+/// Most bytes of piece buffers (complete or being filled) held at once, as a
+/// count of pieces never below [`MIN_PIECE_BUFFERS`]. With `O_DIRECT` writes
+/// a piece waits for the disk, not the page cache: without a byte bound a
+/// leecher faster than its disk held hundreds of MiB of pieces. 32 MiB is
+/// 40 ms at 800 MB/s, many times one piece write's latency.
+pub const MAX_PIECE_BUFFER_BYTES: u64 = 32 << 20;
+
+/// Piece buffers allowed whatever their size (16 MiB pieces still download
+/// from several peers at once).
+pub const MIN_PIECE_BUFFERS: usize = 4;
 
 /// A peer whose requests for pieces we do not have (we sent it our bitfield:
 /// an honest peer never asks) were rejected this many times is dropped.
@@ -1144,7 +1156,15 @@ impl TorrentCore {
         self.scratch_unchoke = unchoke;
     }
 
+    /// Piece buffers allowed at once: [`MAX_PIECE_BUFFERS`], and no more
+    /// than [`MAX_PIECE_BUFFER_BYTES`] of them (at least [`MIN_PIECE_BUFFERS`]).
+    fn max_piece_buffers(&self) -> usize {
+        let by_bytes = MAX_PIECE_BUFFER_BYTES / u64::from(self.params.piece_length.max(1));
+        usize::try_from(by_bytes).unwrap_or(usize::MAX).clamp(MIN_PIECE_BUFFERS, MAX_PIECE_BUFFERS)
+    }
+
     fn fill_requests(&mut self, conn: ConnId, now: Instant) {
+        let max_buffers = self.max_piece_buffers();
         let c = &mut self.conns[conn];
         if !c.joined || !c.peer.am_interested() {
             return;
@@ -1153,7 +1173,7 @@ impl TorrentCore {
         if slots == 0 {
             return;
         }
-        if self.buffers.len() + self.in_flight.len() >= MAX_PIECE_BUFFERS {
+        if self.buffers.len() + self.in_flight.len() >= max_buffers {
             return;
         }
         let choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());

@@ -27,6 +27,11 @@ use crate::download::{Ringbit, DOWNLOAD_LIMIT};
 use crate::helpers;
 use crate::peers::{Payload, PeerKind, Seeder};
 
+/// ringbit's flags against a [`ScriptedPeer`]: it speaks plaintext only.
+pub const PLAINTEXT_ARGS: [&str; 3] = ["--no-trackers", "--encryption", "disable"];
+/// The same, seeding on after the download.
+const PLAINTEXT_SEED_ARGS: [&str; 4] = ["--seed", "--no-trackers", "--encryption", "disable"];
+
 /// How long any scripted peer thread lives at most.
 pub const PEER_LIFETIME_LIMIT: Duration = Duration::from_secs(300);
 /// Read/write timeout of a scripted connection (it polls the stop flag).
@@ -337,7 +342,9 @@ fn download_beside_hostile_peers(hostile: &[Behaviour]) {
     // Hostile peers first: ringbit meets them before (or while) the honest one serves.
     let mut peers: Vec<SocketAddr> = bad.iter().map(|p| p.addr).collect();
     peers.push(seeder.addr());
-    let mut rb = Ringbit::download(&torrent, out.path(), &peers, &["--seed", "--no-trackers"]);
+    // The scripted peer speaks plaintext only (it would hang up on MSE, and
+    // the plaintext retry would reach it after the honest seeder finished).
+    let mut rb = Ringbit::download(&torrent, out.path(), &peers, &PLAINTEXT_SEED_ARGS);
     rb.wait_log("download complete", DOWNLOAD_LIMIT);
     for (peer, behaviour) in bad.iter().zip(hostile) {
         assert!(
@@ -401,7 +408,7 @@ fn scripted_honest_peer_seeds_ringbit() {
     let torrent = payload.torrent(&[]);
     let peer = ScriptedPeer::start(&payload, Behaviour::Honest { block_delay: Duration::ZERO });
     let out = tempfile::tempdir().unwrap();
-    let mut rb = Ringbit::download(&torrent, out.path(), &[peer.addr], &["--no-trackers"]);
+    let mut rb = Ringbit::download(&torrent, out.path(), &[peer.addr], &PLAINTEXT_ARGS);
     let status = rb.wait_exit(DOWNLOAD_LIMIT);
     assert!(status.success(), "ringbit failed: {status}; log:\n{}", rb.log_tail());
     helpers::assert_same_tree(&payload.save_path, out.path());
