@@ -29,9 +29,11 @@
 //! * at most `limits.max_torrents` torrents.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod registry;
+pub mod roots;
 pub mod watch;
 
 use crate::bitfield::Bitfield;
@@ -80,6 +82,12 @@ pub enum DaemonError {
     Api { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Roots(#[from] roots::RootsError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("download_dir {} is not under any of download_roots", .0.display())]
+    DownloadDirOutsideRoots(PathBuf),
 }
 
 /// Where a torrent is in its lifecycle.
@@ -119,6 +127,11 @@ struct Startup {
 /// The running seed box.
 pub struct Daemon {
     config: DaemonConfig,
+    /// `download_roots`, canonical: the only places API clients may put
+    /// data or read .torrent files from.
+    roots: Vec<PathBuf>,
+    /// The watch dir, canonical (its files may be read by path too).
+    watch_root: Option<PathBuf>,
     /// `None` once shut down.
     session: RwLock<Option<Session>>,
     listen_port: u16,
@@ -165,6 +178,17 @@ impl Daemon {
         if let Some(watch) = &config.watch_dir {
             create_dir(watch)?;
         }
+        let roots = roots::canonical_roots(&config.download_roots)?;
+        let download_dir = config.download_dir.canonicalize().map_err(|source| {
+            DaemonError::CreateDir { path: config.download_dir.clone(), source }
+        })?;
+        if !roots::is_under(&download_dir, &roots) {
+            return Err(DaemonError::DownloadDirOutsideRoots(config.download_dir.clone()));
+        }
+        let watch_root = match &config.watch_dir {
+            Some(w) => Some(roots::canonical_roots(std::slice::from_ref(w))?.remove(0)),
+            None => None,
+        };
         let registry = Registry::open(&config.state_dir)?;
         let peer_id = PeerId::ours(rand::random());
         let mut tracker_config = TrackerConfig::new(peer_id.0);
@@ -190,6 +214,8 @@ impl Daemon {
             shard_count: session.shard_count(),
             session: RwLock::new(Some(session)),
             config,
+            roots,
+            watch_root,
             registry,
             torrents: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
@@ -304,6 +330,16 @@ impl Daemon {
             (entry.metainfo.clone(), entry.meta.download_dir.clone(), limits)
         };
         let info = &metainfo.info;
+        // Data of another program is never cut or overwritten: a file of
+        // another size is not ours (ringbit sizes every file at its first
+        // open), so the torrent waits in `error` and nothing is written.
+        let placed = roots::resolve_under(&dir, &self.roots)
+            .map_err(|e| e.to_string())
+            .and_then(|_| foreign_file(info, &dir).map_or(Ok(()), Err));
+        if let Err(error) = placed {
+            self.finish_start(info_hash, EntryState::Failed(error), 0, None);
+            return;
+        }
         let options = CheckOptions { threads: 1, ..CheckOptions::default() };
         let state_dir = &self.config.state_dir;
         let checked = resume::load_or_recheck(state_dir, info_hash, info, &dir, options);
@@ -350,6 +386,8 @@ impl Daemon {
                 backend: self.config.backend,
                 allocation: self.config.allocation,
                 file_idle_close_secs: self.config.file_idle_close_secs,
+                direct_io: self.config.direct_io,
+                ..StoreOptions::default()
             },
             peers: Vec::new(),
         };
@@ -427,7 +465,12 @@ impl Daemon {
             Metainfo::from_bytes(&bytes).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
         let info_hash = metainfo.info_hash;
         let name = metainfo.info.name.clone();
-        let download_dir = download_dir.unwrap_or_else(|| self.config.download_dir.clone());
+        // A directory from a client must resolve (symlinks and `..`
+        // followed) to a place under the roots; it is created only then.
+        let download_dir = match download_dir {
+            Some(dir) => roots::resolve_under(&dir, &self.roots)?,
+            None => self.config.download_dir.clone(),
+        };
         let _ops = lock(&self.ops);
         if self.stopping.load(Ordering::Relaxed) {
             return Err(DaemonError::ShuttingDown);
@@ -441,7 +484,7 @@ impl Daemon {
                 return Err(DaemonError::TooMany(torrents.len()));
             }
         }
-        create_dir(&download_dir)?;
+        let download_dir = roots::create_dir_under(&download_dir, &self.roots)?;
         let meta = EntryMeta {
             download_dir,
             paused,
@@ -478,7 +521,11 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
-        let bytes = read_torrent_file(path)?;
+        // Only files under the roots or the watch dir are read: the path
+        // comes from an API client, and the daemon may read what it cannot.
+        let allowed: Vec<PathBuf> = self.roots.iter().chain(&self.watch_root).cloned().collect();
+        let path = roots::resolve_under(path, &allowed)?;
+        let bytes = read_torrent_file(&path)?;
         self.add_torrent(bytes, download_dir, source, paused)
     }
 
@@ -908,6 +955,29 @@ impl Brief {
     }
 }
 
+/// The first file of `info` under `dir` that exists with another size than
+/// the torrent's (or is not a regular file), as an error message. An empty
+/// file holds nothing to lose: it is what an interrupted first open leaves.
+fn foreign_file(info: &crate::metainfo::Info, dir: &Path) -> Option<String> {
+    info.files.iter().filter(|f| !f.pad).find_map(|f| {
+        let path = crate::storage::file_path(dir, &f.path);
+        // Followed: seeding through a symlinked data file is legitimate.
+        let meta = std::fs::metadata(&path).ok()?;
+        if !meta.is_file() {
+            return Some(format!("{} exists and is not a regular file", path.display()));
+        }
+        (meta.len() != f.length && meta.len() != 0).then(|| {
+            format!(
+                "{} exists with another size ({} bytes, the torrent says {}); nothing was \
+                 written: move it away or pick another download_dir, then resume",
+                path.display(),
+                meta.len(),
+                f.length
+            )
+        })
+    })
+}
+
 /// Reads a .torrent file, bounded by the metainfo size limit.
 pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
     use std::io::Read;
@@ -926,9 +996,9 @@ pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
 }
 
 /// Raises the soft open-file limit to the hard limit: every peer is a
-/// socket, the files of active torrents are open (pwrite: those read or
-/// written in the last `file_idle_close_secs`), and the mmap and io_uring
-/// backends keep every file of every torrent open.
+/// socket, the files of active torrents are open (pwrite and io_uring: those
+/// read or written in the last `file_idle_close_secs`), and the mmap backend
+/// keeps every file of every torrent open.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.

@@ -18,7 +18,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{self, ChildGuard};
-use crate::hostile_peer::{Behaviour, ScriptedPeer};
+use crate::hostile_peer::{Behaviour, ScriptedPeer, PLAINTEXT_ARGS};
 use crate::peers::{is_listening, Payload, PeerKind, Seeder};
 
 /// How long one ringbit download may take (64 MiB; transmission waits up to
@@ -406,7 +406,7 @@ fn interrupt_and_resume(how: Stop) {
             &payload,
             Behaviour::Honest { block_delay: Duration::from_millis(2) },
         );
-        let mut rb = Ringbit::download(&torrent, out.path(), &[slow.addr], &["--no-trackers"]);
+        let mut rb = Ringbit::download(&torrent, out.path(), &[slow.addr], &PLAINTEXT_ARGS);
         let third = payload.total_size / 3;
         assert!(
             helpers::wait_until(DOWNLOAD_LIMIT, || slow.served_bytes() >= third
@@ -431,7 +431,7 @@ fn interrupt_and_resume(how: Stop) {
         }
     }
     let fast = ScriptedPeer::start(&payload, Behaviour::Honest { block_delay: Duration::ZERO });
-    let mut rb = Ringbit::download(&torrent, out.path(), &[fast.addr], &["--no-trackers"]);
+    let mut rb = Ringbit::download(&torrent, out.path(), &[fast.addr], &PLAINTEXT_ARGS);
     rb.wait_success(DOWNLOAD_LIMIT);
     helpers::assert_same_tree(&payload.save_path, out.path());
     let have = rb.existing_have().unwrap_or_else(|| {
