@@ -34,6 +34,7 @@ pub mod align;
 pub mod blocking;
 pub mod check;
 mod mmap;
+pub mod partfile;
 mod pwrite;
 pub mod resume;
 mod uring;
@@ -95,6 +96,17 @@ pub enum Allocation {
     Sparse,
 }
 
+impl std::str::FromStr for Allocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Allocation, String> {
+        match s {
+            "full" => Ok(Allocation::Full),
+            "sparse" => Ok(Allocation::Sparse),
+            other => Err(format!("unknown allocation {other:?} (full, sparse)")),
+        }
+    }
+}
+
 /// How long the pwrite backend keeps a file open after its last read or
 /// write, by default. Reopening costs one `open(2)` (microseconds), so this
 /// is not about cost but about fds following activity: a file served to an
@@ -141,7 +153,7 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: cannot preallocate ({source}); the mmap backend never maps sparse files, use the pwrite backend on this filesystem", path.display())]
+    #[error("{}: cannot preallocate: this filesystem refuses fallocate ({source}); use sparse allocation here (`--allocation sparse`, or `allocation = \"sparse\"` in the daemon config) with the pwrite or io_uring backend", path.display())]
     PreallocateUnsupported {
         path: PathBuf,
         #[source]
@@ -149,6 +161,8 @@ pub enum StorageError {
     },
     #[error("{} exists and is not a regular file", path.display())]
     NotAFile { path: PathBuf },
+    #[error("{} exists with another size ({size} bytes, the torrent says {expected}): not cut, nothing written", path.display())]
+    ExistsWithAnotherSize { path: PathBuf, size: u64, expected: u64 },
     #[error("piece {index} out of range ({count} pieces)")]
     PieceOutOfRange { index: u32, count: u32 },
     #[error("piece {index} buffer is {got} bytes, expected {expected}")]
@@ -249,8 +263,10 @@ pub(crate) fn open_files(
 }
 
 /// Creates (or opens) the non-pad file `entry` read-write under `dir`, with
-/// its directories, cuts it to the torrent's length if longer, and reserves
-/// its space. Zero-length files are created and left empty.
+/// its directories, and reserves its space. A file longer than the torrent
+/// says is refused, never cut: it is not one ringbit wrote (ringbit sizes
+/// every file at its first open). Zero-length files are created and left
+/// empty.
 pub(crate) fn open_file(
     entry: &FileEntry,
     dir: &Path,
@@ -274,9 +290,11 @@ pub(crate) fn open_file(
     let meta = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?;
     let current = meta.len();
     if current > entry.length {
-        // Longer than the torrent says: the extra bytes are not ours to
-        // serve; cut them so the mapping and reads match the layout.
-        file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
+        return Err(StorageError::ExistsWithAnotherSize {
+            path,
+            size: current,
+            expected: entry.length,
+        });
     }
     // A file already at its length with every block allocated (a
     // complete download) needs no fallocate, and must not get one:
@@ -1065,5 +1083,27 @@ mod tests {
         // The other files still serve.
         assert_eq!(read(&store, 0, 0, 5).unwrap(), &data[..5]);
         assert_eq!(store.open_file_count(), 1);
+    }
+
+    #[test]
+    fn a_longer_existing_file_is_refused_never_cut() {
+        let info = info(16, &[("a", 40, false)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t").join("a");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let theirs: Vec<u8> = (0..100u8).collect();
+        std::fs::write(&path, &theirs).unwrap();
+        for backend in [Backend::Pwrite, Backend::Mmap] {
+            let options = StoreOptions { backend, ..StoreOptions::default() };
+            let r = PieceStore::open(&info, dir.path(), options);
+            assert!(
+                matches!(
+                    r,
+                    Err(StorageError::ExistsWithAnotherSize { size: 100, expected: 40, .. })
+                ),
+                "{backend:?}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), theirs, "{backend:?}: byte-identical");
+        }
     }
 }

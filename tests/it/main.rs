@@ -7,8 +7,11 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod download;
+mod durability;
+mod encryption;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
