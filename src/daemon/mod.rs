@@ -387,7 +387,6 @@ impl Daemon {
                 allocation: self.config.allocation,
                 file_idle_close_secs: self.config.file_idle_close_secs,
                 direct_io: self.config.direct_io,
-                ..StoreOptions::default()
             },
             peers: Vec::new(),
         };
