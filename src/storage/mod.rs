@@ -1137,5 +1137,27 @@ mod tests {
             );
             assert_eq!(std::fs::read(&path).unwrap(), theirs, "{backend:?}: byte-identical");
         }
+        // The shard's open, on the ring, refuses it the same way.
+        let metainfo = std::sync::Arc::new(crate::metainfo::Metainfo {
+            info_hash: crate::metainfo::InfoHash([2; 20]),
+            info,
+            info_bytes: Vec::new(),
+            announce: None,
+            announce_list: Vec::new(),
+            url_list: Vec::new(),
+            creation_date: None,
+            comment: None,
+            created_by: None,
+        });
+        let dir_path = dir.path().to_path_buf();
+        let r = tokio_uring::start(async move {
+            let options = StoreOptions { backend: Backend::Uring, ..StoreOptions::default() };
+            PieceStore::open_async(&metainfo, &dir_path, options).await.map(|_| ())
+        });
+        assert!(
+            matches!(r, Err(StorageError::ExistsWithAnotherSize { size: 100, expected: 40, .. })),
+            "uring: {r:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), theirs, "uring: byte-identical");
     }
 }
