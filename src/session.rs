@@ -16,6 +16,7 @@ use crate::metainfo::InfoHash;
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::mse_io::TorrentKeys;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
@@ -43,6 +44,8 @@ pub enum SessionError {
     Listen(#[from] ListenError),
     #[error("tracker subsystem: {0}")]
     Trackers(#[from] TrackersError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot start hash workers: {0}")]
     HashPool(std::io::Error),
     #[error("torrent {0} is already in the session")]
@@ -93,6 +96,7 @@ pub struct Session {
 impl Session {
     /// Starts every thread of the engine.
     pub fn start(options: SessionOptions) -> Result<Session, SessionError> {
+        options.config.validate()?;
         let config = Arc::new(options.config.clone());
         let shard_count = config.shards.max(1);
         let hash_pool = Arc::new(
@@ -141,6 +145,7 @@ impl Session {
                 ips: options.listen_ips.clone(),
                 port: config.listen_port,
                 max_pending_handshakes: config.max_pending_handshakes,
+                max_pending_handshakes_per_ip: config.max_pending_handshakes_per_ip,
                 handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
                 encryption: config.encryption,
                 torrents: torrent_keys.clone(),
@@ -169,6 +174,11 @@ impl Session {
     }
 
     /// Shard threads running.
+    /// The I/O driver the shards run, and why it was chosen.
+    pub fn io_driver(&self) -> &crate::shard::driver::DriverSelection {
+        self.shards.driver()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -198,10 +208,22 @@ impl Session {
             .map(|p| info.piece_size(p) as u64)
             .sum();
         let status = TorrentStatus::new(info_hash, &add.have, left);
+        let ms = Duration::from_millis;
+        let config = &self.config;
         let torrent_config = TorrentConfig {
-            max_connections: self.config.max_peers_per_torrent,
-            upload_slots: self.config.upload_slots,
+            peer: PeerConfig {
+                keepalive_interval: ms(config.keepalive_interval_ms),
+                idle_timeout: ms(config.peer_idle_timeout_ms),
+                handshake_timeout: ms(config.handshake_timeout_ms),
+                request_timeout: ms(config.request_timeout_ms),
+                ..PeerConfig::default()
+            },
+            max_connections: config.max_peers_per_torrent,
+            upload_slots: config.upload_slots,
             seed: rand::random(),
+            ban_duration: ms(config.ban_duration_ms),
+            choke_interval_ms: config.choke_interval_ms,
+            optimistic_unchoke_interval_ms: config.optimistic_unchoke_interval_ms,
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();

@@ -7,8 +7,11 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod download;
+mod drivers;
+mod durability;
 mod encryption;
 mod foundation;
 mod hostile_peer;
@@ -16,5 +19,6 @@ mod peer_harness_selftest;
 mod peers;
 mod seeding;
 mod storage;
+mod syscalls;
 mod trackers;
 mod wire;
