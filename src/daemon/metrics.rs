@@ -77,6 +77,14 @@ pub fn render(daemon: &Daemon) -> String {
         rechecked,
     );
 
+    let flush_failures = Counter::<u64>::default();
+    flush_failures.inc_by(status.flush_failures);
+    registry.register(
+        "ringbit_storage_flush_failures",
+        "Storage flushes (fdatasync) that failed; each stopped its torrent and left its unflushed pieces out of resume state",
+        flush_failures,
+    );
+
     // Per shard.
     let shard_torrents =
         gauge_family(&mut registry, "ringbit_shard_torrents", "Torrents running on each shard");

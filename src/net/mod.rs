@@ -4,6 +4,7 @@
 //! transports run on the tracker thread's ordinary tokio runtime.
 
 pub mod listener;
+pub mod mse_io;
 pub mod peer_io;
 pub mod tracker_http;
 pub mod tracker_udp;

@@ -7,13 +7,17 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod download;
+mod durability;
+mod encryption;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
 mod seeding;
 mod storage;
+mod syscalls;
 mod trackers;
 mod wire;
