@@ -174,6 +174,11 @@ impl Session {
     }
 
     /// Shard threads running.
+    /// The I/O driver the shards run, and why it was chosen.
+    pub fn io_driver(&self) -> &crate::shard::driver::DriverSelection {
+        self.shards.driver()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }

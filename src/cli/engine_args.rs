@@ -4,7 +4,7 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::{Config, EncryptionPolicy};
+use crate::config::{Config, EncryptionPolicy, IoDriverChoice};
 use crate::session::SessionOptions;
 use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
@@ -34,6 +34,19 @@ pub struct EngineArgs {
     /// Shard threads, one io_uring runtime each (default: one per core).
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+
+    /// I/O driver of the shards: `auto` uses io_uring where the kernel allows it
+    /// and falls back to epoll where it is refused (Docker's default seccomp
+    /// profile, kernel.io_uring_disabled), saying why; `uring` fails instead of
+    /// falling back; `epoll` always uses epoll.
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        env = "RINGBIT_IO_DRIVER",
+        default_value = "auto",
+        value_parser = parse_io_driver
+    )]
+    pub io_driver: IoDriverChoice,
 
     /// Storage backend for piece writes and upload reads (uring: every file
     /// operation on the shard's io_uring; pwrite, mmap: synchronous).
@@ -81,6 +94,10 @@ pub struct EngineArgs {
     pub encryption: EncryptionPolicy,
 }
 
+pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
@@ -105,6 +122,7 @@ impl EngineArgs {
         }
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
+        config.io_driver = self.io_driver;
         config.upload_slots = self.upload_slots;
         anyhow::ensure!(self.connect_timeout_ms >= 1, "--connect-timeout-ms must be at least 1");
         config.connect_timeout_ms = self.connect_timeout_ms;

@@ -83,6 +83,7 @@ struct RawConfig {
     #[serde(default)]
     allocation: Option<String>,
     direct_io: Option<bool>,
+    io_driver: Option<String>,
     #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
@@ -235,6 +236,9 @@ impl DaemonConfig {
             state_dir: None,
             ..defaults.clone()
         };
+        if let Some(name) = &raw.io_driver {
+            engine.io_driver = name.parse().map_err(|m| invalid("io_driver", m))?;
+        }
         if let Some(shards) = raw.shards {
             if shards == 0 || shards > 1024 {
                 return Err(invalid("shards", format!("{shards} is not between 1 and 1024")));

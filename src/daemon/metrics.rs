@@ -69,6 +69,12 @@ pub fn render(daemon: &Daemon) -> String {
         Unit::Seconds,
         startup,
     );
+    let driver = gauge_family(
+        &mut registry,
+        "ringbit_io_driver",
+        "The I/O driver the shards run (1 for the one in use)",
+    );
+    driver.get_or_create(&vec![("driver", status.io_driver.to_string())]).set(1);
     let rechecked = Gauge::<i64>::default();
     rechecked.set(gauge(status.startup.rechecked_pieces));
     registry.register(

@@ -136,6 +136,7 @@ pub struct Daemon {
     session: RwLock<Option<Session>>,
     listen_port: u16,
     shard_count: usize,
+    io_driver: crate::shard::driver::DriverSelection,
     registry: Registry,
     torrents: Mutex<BTreeMap<InfoHash, Entry>>,
     /// Serializes the operations that add a torrent to or remove it from the
@@ -212,6 +213,7 @@ impl Daemon {
         let daemon = Arc::new(Daemon {
             listen_port: session.listen_port(),
             shard_count: session.shard_count(),
+            io_driver: session.io_driver().clone(),
             session: RwLock::new(Some(session)),
             config,
             roots,
@@ -856,6 +858,8 @@ impl Daemon {
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
             listen_port: self.listen_port,
             shards: self.shard_count,
+            io_driver: self.io_driver.driver.name(),
+            io_driver_reason: self.io_driver.reason.clone(),
             torrents: torrents.len(),
             by_state: BTreeMap::new(),
             download_rate: 0,
@@ -1104,6 +1108,9 @@ pub struct StatusView {
     pub uptime_secs: f64,
     pub listen_port: u16,
     pub shards: usize,
+    /// The I/O driver of the shards (`io_uring` or `epoll`) and why.
+    pub io_driver: &'static str,
+    pub io_driver_reason: String,
     pub torrents: usize,
     pub by_state: BTreeMap<&'static str, usize>,
     pub download_rate: u64,

@@ -10,6 +10,7 @@ mod helpers;
 mod api_security;
 mod daemon;
 mod download;
+mod drivers;
 mod durability;
 mod encryption;
 mod foundation;
