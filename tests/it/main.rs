@@ -8,6 +8,7 @@
 mod helpers;
 
 mod daemon;
+mod dht;
 mod download;
 mod foundation;
 mod hostile_peer;
