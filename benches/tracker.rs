@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
         numwant: Some(200),
         key: 7,
         tracker_id: None,
+        encryption: ringbit::mse::EncryptionPolicy::Prefer,
     };
     c.bench_function("http_announce_url", |b| {
         b.iter(|| announce_url(black_box("http://tracker.example:6969/announce"), &request))

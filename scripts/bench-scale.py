@@ -554,6 +554,15 @@ class Ringbit(Client):
             f.write("download_dir = %s\n" % json.dumps(self.data_dir))
             f.write("api_listen = \"127.0.0.1:%d\"\n" % self.api_port)
             f.write("trackers = %s\n" % ("true" if self.args.tracker else "false"))
+            # The API reads .torrent files by path only under these roots.
+            tor_dirs = sorted({os.path.dirname(t["path"]) for t in self.torrents})
+            f.write("download_roots = %s\n" % json.dumps([self.data_dir] + tor_dirs))
+
+    def auth(self, headers=None):
+        """`headers` plus the API token the daemon wrote to its state dir."""
+        with open(os.path.join(self.state_dir, "api.token")) as f:
+            token = f.read().strip()
+        return dict(headers or {}, Authorization="Bearer " + token)
 
     def command(self):
         return [self.args.ringbit, "daemon", "--config", self.config]
@@ -562,7 +571,7 @@ class Ringbit(Client):
         return tool_version([self.args.ringbit, "--version"])
 
     def get_json(self, path):
-        status, _, body = self.http.request("GET", path)
+        status, _, body = self.http.request("GET", path, headers=self.auth())
         if status != 200:
             raise OSError("GET %s: HTTP %d" % (path, status))
         return json.loads(body)
@@ -572,7 +581,7 @@ class Ringbit(Client):
             body = json.dumps({"path": t["path"]}).encode()
             status, _, resp = self.http.request(
                 "POST", "/api/v1/torrents", body=body,
-                headers={"Content-Type": "application/json"})
+                headers=self.auth({"Content-Type": "application/json"}))
             if status not in (200, 201, 202):
                 raise RuntimeError("ringbit add %s: HTTP %d %s" % (t["path"], status, resp[:200]))
             if (i + 1) % 2000 == 0:

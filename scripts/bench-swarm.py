@@ -42,6 +42,12 @@ Modes:
               name: rate >= 1.2x and seeder CPU <= 0.5x for the same libtorrent
               leecher (against the default libtorrent seeder with that
               leecher); ringbit->ringbit rate >= 1.5x lt->lt.
+  --leech-compare  (the issue 14 leecher targets, in ONE invocation) three
+              leechers from the same `ringbit seed`: aria2, libtorrent and
+              ringbit. Prints the leecher ratios the targets name: ringbit's
+              rate >= 1.25x aria2's, ringbit's CPU per GiB <= 0.6x aria2's,
+              ringbit's peak RSS <= 64 MiB, ringbit->ringbit >= 800 MB/s.
+              scripts/bench-leech.sh runs this.
   default     one seeder (--seeder) and each of --leechers.
 
 Runs interleave the pairs (--runs rounds; each round runs every pair once, in
@@ -58,12 +64,14 @@ payload is read once before the runs so every seeder serves from memory.
 
 Peers: libtorrent and ringbit leechers dial the seeder (--peer); aria2 finds it
 through a private opentracker the benchmark announces the seeder to; the
-libtorrent seeder dials transmission (which never dials 127.0.0.1 itself), so
-transmission runs only with the libtorrent seeder.
+seeder dials transmission (which never dials 127.0.0.1 itself): libtorrent is
+told on stdin, `ringbit seed` is restarted with --peer (its resume state skips
+the recheck). Such runs are timed from the dial, not from the leecher's start.
 
 Usage:
   cargo build --release
   /usr/bin/python3 scripts/bench-swarm.py --compare [--size 1G] [--runs 3]
+  /usr/bin/python3 scripts/bench-swarm.py --transmission [--size 1G] [--runs 3]
   /usr/bin/python3 scripts/bench-swarm.py [--size 1G] [--runs 3]
       [--leechers libtorrent,libtorrent-dq,aria2,transmission,ringbit]
       [--seeder libtorrent|ringbit]
@@ -100,9 +108,13 @@ SEEDERS = ["libtorrent", "libtorrent-hp", "ringbit"]
 # and on a small machine that caps it below what either seeder can send.
 DEEP_DISK_QUEUE_BYTES = 32 << 20
 # --compare: (seeder, leecher) pairs; the first is the reference.
+# --leech-compare: every leecher from the same ringbit seeder; aria2 is the reference.
+LEECH_COMPARE_PAIRS = [("ringbit", "aria2"), ("ringbit", "libtorrent"), ("ringbit", "ringbit")]
 COMPARE_PAIRS = [("libtorrent", "libtorrent"), ("ringbit", "libtorrent"), ("ringbit", "ringbit"),
                  ("libtorrent", "libtorrent-dq"), ("ringbit", "libtorrent-dq"),
                  ("libtorrent-hp", "libtorrent-dq")]
+# --transmission: a transmission leecher from each seeder (issue 11: >= 0.8x).
+TRANSMISSION_PAIRS = [("libtorrent", "transmission"), ("ringbit", "transmission")]
 # A line a leecher prints once it has every piece verified (transmission has
 # none: its -f script makes a marker file instead).
 DONE_MARKS = {
@@ -253,7 +265,9 @@ class Seeder:
     def __init__(self, kind, torrent, data_dir, workdir, ringbit, ringbit_flags):
         self.kind = kind
         self.port = free_port() or die("no free port on 127.0.0.1")
-        self.log = open(os.path.join(workdir, "seeder-%s.log" % kind), "wb")
+        self.log = open(os.path.join(workdir, "seeder-%s.log" % kind), "ab")
+        # Set when the process was replaced since the caller last read its CPU.
+        self.restarted = False
         if kind in ("libtorrent", "libtorrent-hp"):
             cmd = [PYTHON, LT_EXTRA, "seed", torrent, data_dir, "--port", str(self.port),
                    "--timeout", "86400"]
@@ -261,9 +275,13 @@ class Seeder:
                 cmd.append("--high-performance-seed")
             stdin = subprocess.PIPE
         else:
+            # A state dir of its own: a restart (to dial a leecher) finds its
+            # resume state and skips the recheck.
             cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port),
-                   "--bind", "127.0.0.1"] + ringbit_flags
+                   "--bind", "127.0.0.1", "--state-dir",
+                   os.path.join(workdir, "seed-state")] + ringbit_flags
             stdin = subprocess.DEVNULL
+        self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=self.log, stderr=self.log)
         wait_listening(self.proc, self.port, "%s seeder" % kind)
         self.hwm_resettable = reset_hwm(self.proc.pid)
@@ -272,8 +290,26 @@ class Seeder:
         self.proc.stdin.write((line + "\n").encode())
         self.proc.stdin.flush()
 
-    def can_dial(self):
-        return self.kind != "ringbit"
+    def dial(self, addr):
+        """Makes the seeder connect to a leecher that never dials loopback
+        (transmission). libtorrent is told on stdin; `ringbit seed` takes
+        peers only at start, so it is restarted with --peer (its resume state
+        skips the recheck) and `restarted` is set: the caller must take the
+        new process's CPU from zero."""
+        if self.kind != "ringbit":
+            self.send("connect " + addr)
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=STOP_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_LIMIT_S)
+        self.proc = subprocess.Popen(self.cmd + ["--peer", addr], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=self.log)
+        wait_listening(self.proc, self.port, "ringbit seeder (restarted to dial %s)" % addr)
+        reset_hwm(self.proc.pid)
+        self.restarted = True
 
     def cpu_s(self):
         cpu = proc_cpu_s(self.proc.pid)
@@ -360,7 +396,10 @@ class Leecher:
         self.reader.start()
         if dial:
             wait_listening(self.proc, port, kind)
-            seeder.send("connect 127.0.0.1:%d" % port)
+            # Timed from the dial for every seeder: transmission's start-up
+            # (and a restarted ringbit seeder's) is not the transfer.
+            self.t0 = time.monotonic()
+            seeder.dial("127.0.0.1:%d" % port)
 
     def _read(self):
         mark = DONE_MARKS.get(self.kind)
@@ -427,6 +466,11 @@ def run_once(pair, a, torrent, payload, workdir, seeders, tracker, run_no):
     reset_hwm(seeder.proc.pid)
     seed_cpu0 = seeder.cpu_s()
     leecher = Leecher(kind, torrent, run_dir, seeder, tracker, a)
+    if seeder.restarted:
+        # A new seeder process (ringbit, to dial transmission): all its CPU
+        # is this run's.
+        seeder.restarted = False
+        seed_cpu0 = 0.0
     proc = leecher.proc
     deadline = leecher.t0 + a.timeout
     hwm_kib = 0
@@ -538,6 +582,12 @@ def main():
     ap.add_argument("--compare", action="store_true",
                     help="the issue 6 targets in one run: lt->lt, ringbit->lt, ringbit->ringbit, "
                     "lt->lt-dq, ringbit->lt-dq, lt-hp->lt-dq")
+    ap.add_argument("--transmission", action="store_true",
+                    help="issue 11's pair: a transmission leecher from the libtorrent seeder "
+                    "and from ringbit seed, rate ratio (target >= 0.8x)")
+    ap.add_argument("--leech-compare", action="store_true",
+                    help="the issue 14 leecher targets in one run: aria2, libtorrent and "
+                    "ringbit leechers from the same ringbit seed")
     ap.add_argument("--leechers", default=",".join(DEFAULT_LEECHERS),
                     help="comma-separated, from: " + ", ".join(LEECHERS))
     ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
@@ -561,8 +611,14 @@ def main():
             die("%s is not installed: run scripts/install-test-peers.sh" % tool)
 
     notes = []
+    if a.compare and a.leech_compare:
+        die("--compare and --leech-compare are separate runs")
     if a.compare:
         pairs = list(COMPARE_PAIRS)
+    elif a.transmission:
+        pairs = list(TRANSMISSION_PAIRS)
+    elif a.leech_compare:
+        pairs = list(LEECH_COMPARE_PAIRS)
     else:
         pairs = [(a.seeder, k.strip()) for k in a.leechers.split(",") if k.strip()]
     for sub, role in (("download", "leecher"), ("seed", "seeder")):
@@ -570,16 +626,10 @@ def main():
         if uses:
             note = ringbit_missing(a.ringbit, sub)
             if note:
-                if a.compare or role == "seeder":
+                if a.compare or a.leech_compare or role == "seeder":
                     die("ringbit %s: %s" % (role, note))
                 notes.append("ringbit %s skipped: %s" % (role, note))
                 pairs = [p for p in pairs if p not in uses]
-    if ("ringbit", "transmission") in pairs:
-        # transmission never dials a 127.0.0.1 peer, and ringbit seed cannot be
-        # told to dial one from here.
-        pairs.remove(("ringbit", "transmission"))
-        notes.append("transmission leecher skipped with the ringbit seeder: it must be "
-                     "dialled by the seeder, which only lt_extra.py can be told to do")
     if not pairs:
         die("no seeder/leecher pair to run")
 
@@ -675,6 +725,10 @@ def main():
                        (("ringbit", "ringbit"), ("libtorrent", "libtorrent")),
                        (("ringbit", "libtorrent-dq"), ("libtorrent", "libtorrent-dq")),
                        (("ringbit", "libtorrent-dq"), ("libtorrent-hp", "libtorrent-dq"))]
+    elif a.transmission:
+        comparisons = [TRANSMISSION_PAIRS[::-1]]
+    elif a.leech_compare:
+        comparisons = []
     elif a.seeder == "libtorrent":
         comparisons = [(p, ("libtorrent", "libtorrent")) for p in med]
     else:
@@ -717,6 +771,45 @@ def main():
                          "to the default libtorrent leecher: the leecher's 1 MiB disk queue, "
                          "not the seeder, capped the default pair"
                          % (rb_dq["mbps"], rb_lt["mbps"]))
+    if a.transmission:
+        rb, lt = med[TRANSMISSION_PAIRS[1]], med[TRANSMISSION_PAIRS[0]]
+        ratio = rb["mbps"] / lt["mbps"]
+        target_cols = ["target", "measured", "wanted", "met"]
+        target_rows = [["rate, transmission leecher: ringbit seed / libtorrent seed",
+                        "%.2fx" % ratio, ">= 0.80", "yes" if ratio >= 0.8 else "NO"]]
+    elif a.leech_compare:
+        # The leecher is what differs: ratios of leecher rate, leecher CPU and
+        # RSS against aria2 (and libtorrent) from the same ringbit seeder.
+        rb, ar, lt = (med[("ringbit", k)] for k in ("ringbit", "aria2", "libtorrent"))
+        leech_cols = ["leecher", "reference", "rate", "leecher CPU/GiB", "leecher RSS",
+                      "rate per round"]
+        leech_rows = []
+        for name, ref in (("aria2", ar), ("libtorrent", lt)):
+            per_round = ["%.2f" % (r[("ringbit", "ringbit")]["mbps"] / r[("ringbit", name)]["mbps"])
+                         for r in rounds]
+            leech_rows.append(["ringbit", name, "%.2fx" % (rb["mbps"] / ref["mbps"]),
+                               "%.2fx" % (rb["cpu_per_gib"] / ref["cpu_per_gib"]),
+                               "%.2fx" % (rb["rss_mib"] / max(ref["rss_mib"], 1e-9)),
+                               " ".join(per_round)])
+        print()
+        print(fmt_table(leech_rows, leech_cols))
+        tables.append((leech_rows, leech_cols))
+        checks = [
+            ("rate: ringbit leecher / aria2 leecher (same ringbit seed)",
+             "%.2fx" % (rb["mbps"] / ar["mbps"]), ">= 1.25x", rb["mbps"] / ar["mbps"] >= 1.25),
+            ("CPU per GiB: ringbit leecher / aria2 leecher",
+             "%.2fx" % (rb["cpu_per_gib"] / ar["cpu_per_gib"]), "<= 0.60x",
+             rb["cpu_per_gib"] / ar["cpu_per_gib"] <= 0.6),
+            ("peak RSS of the ringbit leecher", "%.0f MiB" % rb["rss_mib"], "<= 64 MiB",
+             rb["rss_mib"] <= 64),
+            ("ringbit -> ringbit rate", "%.0f MB/s" % rb["mbps"], ">= 800 MB/s",
+             rb["mbps"] >= 800),
+        ]
+        target_cols = ["target", "measured", "wanted", "met"]
+        target_rows = [[n, v, w, "yes" if ok else "NO"] for n, v, w, ok in checks]
+        print()
+        print(fmt_table(target_rows, target_cols))
+        tables.append((target_rows, target_cols))
     for n in notes:
         print("note: " + n)
     if a.markdown:

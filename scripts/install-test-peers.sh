@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real peers ringbit's tests run against (Debian packages).
 # Idempotent: does nothing when every package is already installed.
+# python3-fusepy (with libfuse2) runs tests/peers/failfs.py, the FUSE
+# filesystem whose fsync fails on demand (tests/it/durability.rs).
 set -euo pipefail
-PACKAGES=(python3-libtorrent transmission-cli transmission-daemon aria2 opentracker mktorrent)
+PACKAGES=(python3-libtorrent transmission-cli transmission-daemon aria2 opentracker mktorrent python3-fusepy strace python3-seccomp)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

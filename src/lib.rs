@@ -10,7 +10,7 @@
 //!
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
-//!   [`layout`], [`wire`], [`peer`], [`picker`], [`choker`], [`torrent`],
+//!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
 //!   [`rate_limit`], [`tracker`], [`resume`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
@@ -33,8 +33,10 @@ pub mod hash;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod net;
 pub mod peer;
+pub mod peer_book;
 pub mod picker;
 pub mod rate_limit;
 pub mod resume;

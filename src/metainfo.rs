@@ -38,9 +38,17 @@ use std::path::Path;
 /// 3.3 million piece hashes; real torrents are well under 10 MiB.
 pub const METAINFO_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Largest accepted `piece length` (libtorrent's limit is 128 MiB for
-/// creation; some torrents in the wild use 256 MiB).
-pub const PIECE_LENGTH_MAX: u64 = 256 * 1024 * 1024;
+/// Largest accepted `piece length`: 128 MiB, libtorrent's limit too. The one
+/// source of this limit: the picker ([`crate::picker::MAX_PIECE_LENGTH`]) and
+/// `create` use it, so a torrent that loads also runs.
+pub const PIECE_LENGTH_MAX: u64 = 128 * 1024 * 1024;
+
+/// Most pieces a torrent may have (its bitfield is then 512 KiB). The one
+/// source of this limit: the wire's bitfield bound
+/// ([`crate::wire::MAX_PIECES`]) and the picker's ([`crate::picker::MAX_PIECES`])
+/// are this constant, so a torrent that loads also runs. With 16 KiB pieces
+/// that is 64 GiB; bigger payloads use bigger pieces.
+pub const PIECE_COUNT_MAX: u32 = 4 * 1024 * 1024;
 
 /// Most bencode values in one `.torrent` (libtorrent's limit too): ~7 per
 /// file, so about 280,000 files.
@@ -89,6 +97,8 @@ pub enum MetainfoError {
         "`pieces` has {found} hashes, but {total_length} bytes in pieces of {piece_length} need {expected}"
     )]
     PieceCount { found: usize, expected: u64, total_length: u64, piece_length: u64 },
+    #[error("the torrent has {0} pieces, more than the limit of {PIECE_COUNT_MAX}")]
+    TooManyPieces(u64),
     #[error("the torrent file is {size} bytes, more than the limit of {METAINFO_FILE_MAX_BYTES}")]
     FileTooLarge { size: u64 },
     #[error("reading {path}: {error}")]
@@ -488,6 +498,9 @@ fn parse_info(value: &Value<'_>) -> Result<Info, MetainfoError> {
     }
     let piece_length = piece_length as u64;
     let expected = total_length.div_ceil(piece_length);
+    if expected > PIECE_COUNT_MAX as u64 {
+        return Err(MetainfoError::TooManyPieces(expected));
+    }
     let found = pieces_bytes.len() / 20;
     if expected != found as u64 {
         return Err(MetainfoError::PieceCount { found, expected, total_length, piece_length });
@@ -586,6 +599,51 @@ mod tests {
         assert_eq!(m.info_hash.0, crate::hash::sha1(&bytes[span]));
         let (h, info) = Info::from_bytes(&m.info_bytes).unwrap();
         assert_eq!((h, info), (m.info_hash, m.info));
+    }
+
+    /// The three piece limits agree (#11): a torrent at the metainfo
+    /// limits builds a running core (picker included) and its bitfield
+    /// fits the wire's bound; one past them is refused at load.
+    #[test]
+    fn a_torrent_at_the_limits_loads_and_runs() {
+        let plen = PIECE_LENGTH_MAX as i64;
+        let m = parse(single(2 * plen - 1, plen, 2)).unwrap();
+        let params = crate::torrent::TorrentParams {
+            info_hash: m.info_hash,
+            piece_length: m.info.piece_length,
+            total_length: m.info.total_length,
+            piece_hashes: m.info.pieces.clone(),
+            our_peer_id: crate::wire::PeerId([1; 20]),
+            listen_port: None,
+            metadata_size: None,
+        };
+        let none = crate::bitfield::Bitfield::new(2);
+        let full = crate::bitfield::Bitfield::full(2);
+        let config = crate::torrent::TorrentConfig::default();
+        assert!(crate::torrent::TorrentCore::new(params, config, none, &full).is_ok());
+        assert!(matches!(
+            parse(single(2 * plen + 2, plen + 1, 2)),
+            Err(MetainfoError::PieceLength(_))
+        ));
+
+        // The piece count: refused before the hashes are even counted.
+        let count = PIECE_COUNT_MAX as i64;
+        assert!(matches!(
+            parse(single((count + 1) * 16384, 16384, 1)),
+            Err(MetainfoError::TooManyPieces(n)) if n == count as u64 + 1
+        ));
+        let picker = crate::picker::Picker::new(
+            crate::picker::PickerConfig::default(),
+            16384,
+            count as u64 * 16384,
+            &crate::bitfield::Bitfield::new(PIECE_COUNT_MAX),
+            &crate::bitfield::Bitfield::full(PIECE_COUNT_MAX),
+            0,
+        );
+        assert!(picker.is_ok(), "the picker takes every piece count metainfo accepts");
+        let wire = crate::wire::WireLimits::for_pieces(PIECE_COUNT_MAX);
+        assert_eq!(wire.max_bitfield_len, PIECE_COUNT_MAX / 8);
+        assert_eq!(crate::wire::MAX_PIECES, PIECE_COUNT_MAX);
     }
 
     #[test]

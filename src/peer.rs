@@ -51,6 +51,16 @@ pub const MAX_QUEUED_EVENTS: usize = 1024;
 /// libtorrent sends 10.
 pub const MAX_ALLOWED_FAST: usize = 32;
 
+/// A peer may send this many times our `reqq` requests past a full queue,
+/// with no room freed in between, before it is disconnected (without a ban):
+/// a few past the queue is a slip, thousands is a flood.
+pub const OVERFLOW_REQUESTS_FACTOR: usize = 4;
+
+/// Longest message with an id we do not know (BEP 3 extensions we do not
+/// speak, e.g. id 21 for BEP 52 hash requests) that is skipped; a longer one
+/// is a violation. As long as our extended-message limit.
+pub const MAX_UNKNOWN_MESSAGE_LEN: u32 = wire::DEFAULT_MAX_EXTENDED_LEN;
+
 /// The peer's request queue depth when it does not say (BEP 10: libtorrent's
 /// default).
 pub const DEFAULT_PEER_REQQ: u32 = 250;
@@ -226,6 +236,10 @@ pub struct PeerStats {
     pub sent_bytes: u64,
     /// Requests of ours that timed out.
     pub timed_out_requests: u64,
+    /// The peer's requests past the `reqq` we advertised (rejected or ignored).
+    pub overflow_requests: u64,
+    /// Messages with an id we do not know, skipped.
+    pub unknown_messages: u64,
 }
 
 /// Bytes per second, as an exponentially weighted moving average of samples
@@ -323,8 +337,9 @@ pub struct Peer {
     /// Requests the peer sent while we choke it (no fast extension): a few
     /// are in flight when we choke; many mean a broken peer.
     requests_while_choked: usize,
-    /// Requests of a fast peer rejected because its queue was full.
-    overflow_rejects: usize,
+    /// Requests past a full queue since the queue last had room (rejected or
+    /// ignored); see [`OVERFLOW_REQUESTS_FACTOR`].
+    overflow_requests: usize,
     snubbed: bool,
     events: VecDeque<Event>,
     out: Vec<u8>,
@@ -362,7 +377,7 @@ impl Peer {
             outstanding: VecDeque::new(),
             peer_requests: VecDeque::new(),
             requests_while_choked: 0,
-            overflow_rejects: 0,
+            overflow_requests: 0,
             snubbed: false,
             events: VecDeque::new(),
             out: Vec::with_capacity(HANDSHAKE_LEN + 1024),
@@ -443,12 +458,31 @@ impl Peer {
                 }
                 continue;
             }
-            match wire::decode(rest, &self.limits)? {
-                Decoded::NeedMore(_) => break,
-                Decoded::Message { message, consumed } => {
+            match wire::decode(rest, &self.limits) {
+                Ok(Decoded::NeedMore(_)) => break,
+                Ok(Decoded::Message { message, consumed }) => {
                     self.handle_message(message, at, now)?;
                     at += consumed;
                 }
+                // An id we do not speak: skipped whole, as libtorrent does
+                // (a newer client may try a message before checking).
+                Err(WireError::UnknownMessageId(id)) => {
+                    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                    if len > MAX_UNKNOWN_MESSAGE_LEN {
+                        return Err(Violation::Wire(WireError::MessageTooLong {
+                            id,
+                            len,
+                            max: MAX_UNKNOWN_MESSAGE_LEN,
+                        }));
+                    }
+                    let frame = len as usize + 4;
+                    if rest.len() < frame {
+                        break;
+                    }
+                    self.stats.unknown_messages += 1;
+                    at += frame;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         if at > 0 {
@@ -667,19 +701,23 @@ impl Peer {
             return Ok(());
         }
         if self.peer_requests.len() >= self.config.max_peer_requests {
-            if self.fast {
-                // An honest peer keeps within the `reqq` we advertised; one
-                // that sends a whole queue's worth more is flooding us with
-                // requests only to make us write rejects: drop it.
-                self.overflow_rejects += 1;
-                if self.overflow_rejects > self.config.max_peer_requests {
-                    return Err(Violation::TooManyRequests { max: self.config.max_peer_requests });
-                }
-                self.send(Message::Reject(request), now);
-                return Ok(());
+            // Past the `reqq` we advertised: a slip (real clients pipeline
+            // a little past it), never a reason to ban. A fast peer gets a
+            // reject (BEP 6: every request is answered), a plain one silence
+            // (it re-requests after its timeout). Only a flood far past the
+            // queue, with no room freed in between, ends the connection, and
+            // then without a ban.
+            self.overflow_requests += 1;
+            self.stats.overflow_requests += 1;
+            if self.overflow_requests > OVERFLOW_REQUESTS_FACTOR * self.config.max_peer_requests {
+                return Err(Violation::TooManyRequests { max: self.config.max_peer_requests });
             }
-            return Err(Violation::TooManyRequests { max: self.config.max_peer_requests });
+            if self.fast {
+                self.send(Message::Reject(request), now);
+            }
+            return Ok(());
         }
+        self.overflow_requests = 0;
         self.peer_requests.push_back(request);
         Ok(())
     }
@@ -1618,6 +1656,32 @@ mod tests {
     }
 
     #[test]
+    fn unknown_message_ids_are_skipped_and_bounded() {
+        let now = Instant::now();
+        let mut peer = serving(plain(), PeerConfig::default());
+        let mut bytes = Vec::new();
+        // id 21 (BEP 52 hash request) with a 48-byte payload, then id 250.
+        bytes.extend_from_slice(&49u32.to_be_bytes());
+        bytes.push(21);
+        bytes.extend_from_slice(&[7; 48]);
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.push(250);
+        bytes.extend_from_slice(&encode(&[Message::Interested]));
+        // Split: the unknown message waits for its whole frame.
+        assert_eq!(peer.handle_bytes(&bytes[..20], now), Ok(0));
+        assert_eq!(peer.handle_bytes(&bytes, now), Ok(bytes.len()));
+        assert_eq!(peer.stats().unknown_messages, 2);
+        assert_eq!(events(&mut peer), [Event::Interested]);
+        // An oversized one is refused from its header.
+        let mut huge = (MAX_UNKNOWN_MESSAGE_LEN + 1).to_be_bytes().to_vec();
+        huge.push(99);
+        assert!(matches!(
+            peer.handle_bytes(&huge, now),
+            Err(Violation::Wire(WireError::MessageTooLong { id: 99, .. }))
+        ));
+    }
+
+    #[test]
     fn peer_requests_are_checked_and_bounded() {
         let now = Instant::now();
         let cfg = PeerConfig { max_peer_requests: 3, ..PeerConfig::default() };
@@ -1646,7 +1710,8 @@ mod tests {
 
         // While choked: a plain peer's requests are ignored up to a bound,
         // a fast peer's are rejected.
-        let r = |i: u32| BlockRequest { piece: i % PIECES, begin: 0, length: BLOCK_LEN };
+        // (The last piece is shorter than a block: never requested here.)
+        let r = |i: u32| BlockRequest { piece: i % (PIECES - 1), begin: 0, length: BLOCK_LEN };
         let mut peer = serving(plain(), cfg.clone());
         for i in 0..3 {
             peer.handle_bytes(&encode(&[Message::Request(r(i))]), now).unwrap();
@@ -1670,25 +1735,42 @@ mod tests {
             peer.handle_bytes(&three, now).unwrap();
             assert_eq!(peer.queued_peer_requests(), 3);
             let fourth = peer.handle_bytes(&encode(&[Message::Request(r(3))]), now);
+            // Past `reqq`: a slip, never a violation. Fast: a reject;
+            // plain: ignored (the peer re-requests after its timeout).
+            assert_eq!(fourth, Ok(17));
             if reserved.fast() {
-                assert_eq!(fourth, Ok(17));
                 assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Reject(r(3))]);
             } else {
-                assert_eq!(fourth, Err(Violation::TooManyRequests { max: 3 }));
-                continue;
+                assert!(outgoing(&mut peer).is_empty());
             }
-            // A fast peer that keeps overflowing the queue is dropped after
-            // a queue's worth of rejects.
+            assert_eq!(peer.stats().overflow_requests, 1);
+            // A peer that keeps overflowing the queue, with no room freed in
+            // between, is dropped after OVERFLOW_REQUESTS_FACTOR queues' worth.
             let mut flooder = serving(reserved, cfg.clone());
             flooder.unchoke(now);
             flooder.handle_bytes(&three, now).unwrap();
-            for i in 0..3 {
+            for i in 0..OVERFLOW_REQUESTS_FACTOR as u32 * 3 {
                 flooder.handle_bytes(&encode(&[Message::Request(r(10 + i))]), now).unwrap();
             }
             assert_eq!(
                 flooder.handle_bytes(&encode(&[Message::Request(r(20))]), now),
                 Err(Violation::TooManyRequests { max: 3 })
             );
+            // One that overflows a little, again and again, while we serve
+            // it (room freed in between) is never dropped.
+            let mut eager = serving(reserved, cfg.clone());
+            eager.unchoke(now);
+            eager.handle_bytes(&three, now).unwrap();
+            for round in 0..100u32 {
+                for i in 0..OVERFLOW_REQUESTS_FACTOR as u32 * 3 {
+                    eager.handle_bytes(&encode(&[Message::Request(r(round + i))]), now).unwrap();
+                }
+                assert!(eager.next_upload().is_some());
+                eager.handle_bytes(&encode(&[Message::Request(r(round))]), now).unwrap();
+            }
+            if !reserved.fast() {
+                continue;
+            }
             // Cancel removes a queued request (and, fast, answers with reject).
             peer.handle_bytes(&encode(&[Message::Cancel(r(1))]), now).unwrap();
             assert_eq!(decode_all(&outgoing(&mut peer)), [Message::Reject(r(1))]);

@@ -38,12 +38,14 @@ use crate::metainfo::FileEntry;
 /// Bytes in a block, the unit of `request` messages (what every client sends).
 pub const BLOCK_SIZE: u32 = 16 * 1024;
 
-/// Largest piece length the picker accepts: 128 MiB = 8,192 blocks, more than
-/// any client creates (libtorrent caps creation at 16 MiB by default).
-pub const MAX_PIECE_LENGTH: u32 = 128 * 1024 * 1024;
+/// Largest piece length the picker accepts: the metainfo limit
+/// ([`crate::metainfo::PIECE_LENGTH_MAX`], 128 MiB = 8,192 blocks), so every
+/// torrent that loads runs.
+pub const MAX_PIECE_LENGTH: u32 = crate::metainfo::PIECE_LENGTH_MAX as u32;
 
-/// Largest number of pieces the picker accepts (16 bytes of state each).
-pub const MAX_PIECES: u32 = 1 << 23;
+/// Largest number of pieces the picker accepts (16 bytes of state each): the
+/// metainfo limit ([`crate::metainfo::PIECE_COUNT_MAX`]).
+pub const MAX_PIECES: u32 = crate::metainfo::PIECE_COUNT_MAX;
 
 /// Most connected peers a picker can track (availability counts are `u16`).
 pub const MAX_PEERS_LIMIT: usize = 8192;

@@ -17,6 +17,11 @@
 //! e
 //! ```
 //!
+//! [`Durability`] is the bookkeeping that decides which pieces resume state
+//! may claim: only those a successful flush made durable, never the ones
+//! written before a flush that failed (Linux reports a later `fdatasync` as
+//! successful even though the data of the failed writeback is gone).
+//!
 //! Invariants: [`decode`] never panics and accepts only a state whose version
 //! is [`RESUME_VERSION`], whose info hash, piece count and file count match the
 //! torrent's, and whose bitfield has no spare bits set; anything else is a
@@ -155,6 +160,69 @@ pub fn decode(
     Ok(ResumeState { info_hash: expected_hash, have, files })
 }
 
+/// Which verified pieces are durably on disk, as flushes succeed and fail.
+///
+/// The engine snapshots the pieces it has before each flush and reports the
+/// outcome here. A piece is *durable* once a flush that began after it was
+/// written succeeded. When a flush fails, every piece written since the last
+/// good flush becomes *suspect* for the rest of the torrent's run: the kernel
+/// may have dropped its pages, and a later flush that succeeds proves
+/// nothing about them (the writeback error was reported once and cleared).
+/// Resume state claims [`Durability::durable`] and marks the suspect pieces'
+/// files for recheck.
+///
+/// Invariants: `durable` and `suspect` are disjoint; a suspect piece never
+/// becomes durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durability {
+    durable: Bitfield,
+    suspect: Bitfield,
+    flush_failures: u64,
+}
+
+impl Durability {
+    /// Starts from the pieces found on disk (checked or trusted from resume
+    /// state), which are durable already.
+    pub fn new(have: &Bitfield) -> Durability {
+        Durability { durable: have.clone(), suspect: Bitfield::new(have.len()), flush_failures: 0 }
+    }
+
+    /// A flush that began when the torrent had `have` succeeded.
+    pub fn flushed(&mut self, have: &Bitfield) {
+        let mut durable = have.clone();
+        for p in self.suspect.iter_ones() {
+            durable.clear(p);
+        }
+        self.durable = durable;
+    }
+
+    /// A flush that began when the torrent had `have` failed: every piece of
+    /// it not durable yet is suspect from now on.
+    pub fn flush_failed(&mut self, have: &Bitfield) {
+        for p in have.iter_ones() {
+            if !self.durable.get(p) {
+                self.suspect.set(p);
+            }
+        }
+        self.flush_failures += 1;
+    }
+
+    /// Pieces resume state may claim.
+    pub fn durable(&self) -> &Bitfield {
+        &self.durable
+    }
+
+    /// Pieces written before a failed flush: their data may be lost.
+    pub fn suspect(&self) -> &Bitfield {
+        &self.suspect
+    }
+
+    /// Flushes that failed during this run.
+    pub fn flush_failures(&self) -> u64 {
+        self.flush_failures
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +241,37 @@ mod tests {
                 None,
                 Some(FileStamp { length: 0, mtime_ns: -5 }),
             ],
+        }
+    }
+
+    fn bits(len: u32, ones: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        for &i in ones {
+            b.set(i);
+        }
+        b
+    }
+
+    /// The sequence the issue describes: pieces written, a flush fails, more
+    /// pieces written, a later flush "succeeds": only pieces from before the
+    /// failure's window that a good flush covered, and pieces written after
+    /// the failure, are claimed.
+    #[test]
+    fn a_failed_flush_makes_its_pieces_suspect_for_good() {
+        let mut d = Durability::new(&bits(8, &[0]));
+        assert_eq!(d.durable(), &bits(8, &[0]));
+        d.flushed(&bits(8, &[0, 1]));
+        assert_eq!(d.durable(), &bits(8, &[0, 1]));
+        d.flush_failed(&bits(8, &[0, 1, 2, 3]));
+        assert_eq!(d.suspect(), &bits(8, &[2, 3]));
+        assert_eq!(d.durable(), &bits(8, &[0, 1]), "a failure claims nothing new");
+        d.flushed(&bits(8, &[0, 1, 2, 3, 4]));
+        assert_eq!(d.durable(), &bits(8, &[0, 1, 4]), "a later success clears no suspicion");
+        d.flush_failed(&bits(8, &[0, 1, 2, 3, 4, 5]));
+        assert_eq!(d.suspect(), &bits(8, &[2, 3, 5]));
+        assert_eq!(d.flush_failures(), 2);
+        for p in 0..8 {
+            assert!(!(d.durable().get(p) && d.suspect().get(p)), "disjoint at {p}");
         }
     }
 

@@ -15,7 +15,9 @@ use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
 use crate::net::dht::{DhtHandle, DhtOptions};
 use crate::net::listener::{ListenConfig, ListenError, Listener};
+use crate::net::mse_io::TorrentKeys;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
@@ -43,6 +45,8 @@ pub enum SessionError {
     Listen(#[from] ListenError),
     #[error("tracker subsystem: {0}")]
     Trackers(#[from] TrackersError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot start hash workers: {0}")]
     HashPool(std::io::Error),
     #[error("torrent {0} is already in the session")]
@@ -89,6 +93,8 @@ pub struct Session {
     dht: Option<DhtHandle>,
     peer_id: PeerId,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
+    /// Every torrent by its MSE req2 hash, for the listener.
+    torrent_keys: Arc<TorrentKeys>,
     rate_limits: Arc<ProcessRateLimits>,
     _hash_pool: Arc<HashPool>,
 }
@@ -96,6 +102,7 @@ pub struct Session {
 impl Session {
     /// Starts every thread of the engine.
     pub fn start(options: SessionOptions) -> Result<Session, SessionError> {
+        options.config.validate()?;
         let config = Arc::new(options.config.clone());
         let shard_count = config.shards.max(1);
         let hash_pool = Arc::new(
@@ -118,8 +125,9 @@ impl Session {
             receivers.extend((0..shard_count).map(|_| None));
         }
         let trackers = if options.trackers {
-            let tracker_config =
+            let mut tracker_config =
                 options.tracker_config.clone().unwrap_or_else(|| TrackerConfig::new(peer_id.0));
+            tracker_config.encryption = config.encryption;
             Some(TrackerHandle::start(tracker_config, sinks.clone())?)
         } else {
             None
@@ -141,12 +149,16 @@ impl Session {
             .collect();
         let shards = ShardSet::start(inits, config.pin_shards)?;
         let senders: Vec<_> = (0..shards.len()).map(|i| shards.sender(i)).collect();
+        let torrent_keys = Arc::new(TorrentKeys::default());
         let listener = Listener::start(
             ListenConfig {
                 ips: options.listen_ips.clone(),
                 port: config.listen_port,
                 max_pending_handshakes: config.max_pending_handshakes,
+                max_pending_handshakes_per_ip: config.max_pending_handshakes_per_ip,
                 handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+                encryption: config.encryption,
+                torrents: torrent_keys.clone(),
             },
             Box::new(move |peer| {
                 let shard = peer.handshake.info_hash.shard(senders.len());
@@ -176,6 +188,7 @@ impl Session {
             dht,
             peer_id,
             torrents: Mutex::new(HashMap::new()),
+            torrent_keys,
             rate_limits,
             _hash_pool: hash_pool,
         })
@@ -187,6 +200,11 @@ impl Session {
     }
 
     /// Shard threads running.
+    /// The I/O driver the shards run, and why it was chosen.
+    pub fn io_driver(&self) -> &crate::shard::driver::DriverSelection {
+        self.shards.driver()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -221,10 +239,22 @@ impl Session {
             .map(|p| info.piece_size(p) as u64)
             .sum();
         let status = TorrentStatus::new(info_hash, &add.have, left);
+        let ms = Duration::from_millis;
+        let config = &self.config;
         let torrent_config = TorrentConfig {
-            max_connections: self.config.max_peers_per_torrent,
-            upload_slots: self.config.upload_slots,
+            peer: PeerConfig {
+                keepalive_interval: ms(config.keepalive_interval_ms),
+                idle_timeout: ms(config.peer_idle_timeout_ms),
+                handshake_timeout: ms(config.handshake_timeout_ms),
+                request_timeout: ms(config.request_timeout_ms),
+                ..PeerConfig::default()
+            },
+            max_connections: config.max_peers_per_torrent,
+            upload_slots: config.upload_slots,
             seed: rand::random(),
+            ban_duration: ms(config.ban_duration_ms),
+            choke_interval_ms: config.choke_interval_ms,
+            optimistic_unchoke_interval_ms: config.optimistic_unchoke_interval_ms,
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();
@@ -256,6 +286,7 @@ impl Session {
             }
         }
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
+        self.torrent_keys.insert(info_hash);
         Ok(status)
     }
 
@@ -308,6 +339,7 @@ impl Session {
     /// is flushed. Returns its final status.
     pub fn remove(&self, info_hash: InfoHash) -> Option<Arc<TorrentStatus>> {
         let status = self.torrents.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash)?;
+        self.torrent_keys.remove(&info_hash);
         if let Some(trackers) = &self.trackers {
             let _ = trackers.remove(info_hash);
         }

@@ -240,6 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         numwant: Some(args.numwant),
         key: rand::random(),
         tracker_id: None,
+        encryption: crate::mse::EncryptionPolicy::Prefer,
     };
     let outcomes = runtime.block_on(async {
         let tasks: Vec<_> = urls

@@ -61,6 +61,13 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Seed from a cold page cache: once the seeder has checked its data and
+    /// listens, the payload's pages are dropped from the page cache
+    /// (written back, then `POSIX_FADV_DONTNEED`; no root needed), so every
+    /// block served is read from the disk.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -108,6 +115,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = seeder.kill();
         let _ = seeder.wait();
         return Err(error.context(log_tail(&work.path.join("seeder.log"))));
+    }
+    if args.cold {
+        crate::storage::drop_page_cache(&payload)
+            .context("dropping the payload from the page cache (--cold)")?;
+        eprintln!("bench: payload dropped from the page cache (--cold)");
     }
     eprintln!("bench: seeder ready on 127.0.0.1:{port}; {} leecher(s) downloading", args.leechers);
 
@@ -223,6 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "peak_rss_bytes": seeder_rss,
         },
         "verified": true,
+        "cold": args.cold,
     });
     if args.json {
         println!("{report}");

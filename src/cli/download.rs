@@ -11,7 +11,7 @@ use crate::picker::wanted_pieces;
 use crate::session::{AddTorrent, Session};
 use crate::shard::engine::TorrentStatus;
 use crate::storage::check::CheckOptions;
-use crate::storage::resume;
+use crate::storage::{partfile, resume};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,17 +69,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let selector = build_selector(&args.only)?;
     // A multi-file torrent's paths start with its name (`multi/sub/c.bin`);
     // a glob may name the file with or without it (`sub/*` as in the help).
-    let wanted = wanted_pieces(&info.files, info.piece_length, info.piece_count(), |_, f| {
-        selector.as_ref().is_none_or(|set| {
-            set.is_match(f.path.join("/"))
-                || (f.path.len() > 1
-                    && f.path[0] == info.name
-                    && set.is_match(f.path[1..].join("/")))
+    let selected: Vec<bool> = info
+        .files
+        .iter()
+        .map(|f| {
+            selector.as_ref().is_none_or(|set| {
+                set.is_match(f.path.join("/"))
+                    || (f.path.len() > 1
+                        && f.path[0] == info.name
+                        && set.is_match(f.path[1..].join("/")))
+            })
         })
-    });
+        .collect();
+    let wanted =
+        wanted_pieces(&info.files, info.piece_length, info.piece_count(), |i, _| selected[i]);
     if wanted.count() == 0 {
         anyhow::bail!("--only matches no file of the torrent");
     }
+    // With unselected files, storage (and recheck, and resume state) works on
+    // a view of the torrent in which those files are never created: the
+    // bytes of theirs that share a wanted piece live in part files.
+    let metainfo = match partfile::store_info(info, metainfo.info_hash, &selected, &wanted) {
+        Some(store_info) => Arc::new(Metainfo { info: store_info, ..(*metainfo).clone() }),
+        None => metainfo,
+    };
+    let info = &metainfo.info;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -107,12 +121,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     tracing::info!(port = session.listen_port(), info_hash = %metainfo.info_hash, "downloading");
     let outcome = watch(&metainfo, &status, &stop, args.seed);
-    // Shutdown flushes every store, so the pieces the status claims are on
-    // disk before the resume state says so.
+    // Shutdown flushes every store; resume state then claims only what a
+    // successful flush made durable, and marks for recheck what a failed
+    // one may have lost.
     session.shutdown();
-    let have = status.have.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Err(error) = resume::save(&state_dir, metainfo.info_hash, info, &args.output, &have) {
+    let durability = status.durability();
+    let suspect = durability.suspect();
+    let saved = resume::save_marked(
+        &state_dir,
+        metainfo.info_hash,
+        info,
+        &args.output,
+        durability.durable(),
+        Some(suspect),
+    );
+    if let Err(error) = saved {
         eprintln!("ringbit: warning: cannot save resume state: {error}");
+    }
+    if durability.flush_failures() > 0 {
+        // The data may not be on disk whatever the download reached: the
+        // command did not do its job.
+        let error = status.error().unwrap_or_else(|| "flush failed".into());
+        anyhow::bail!(
+            "{error} ({} of {} pieces durable, {} to recheck)",
+            durability.durable().count(),
+            status.piece_count,
+            suspect.count()
+        );
     }
     match outcome {
         Outcome::Complete => {

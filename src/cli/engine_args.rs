@@ -4,10 +4,10 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::Config;
+use crate::config::{Config, EncryptionPolicy, IoDriverChoice};
 use crate::net::dht::{parse_bootstrap_list, DhtOptions};
 use crate::session::SessionOptions;
-use crate::storage::{Backend, StoreOptions};
+use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
@@ -51,13 +51,43 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Storage backend for piece writes and upload reads.
-    #[arg(long, default_value = "pwrite", value_parser = parse_backend)]
+    /// I/O driver of the shards: `auto` uses io_uring where the kernel allows it
+    /// and falls back to epoll where it is refused (Docker's default seccomp
+    /// profile, kernel.io_uring_disabled), saying why; `uring` fails instead of
+    /// falling back; `epoll` always uses epoll.
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        env = "RINGBIT_IO_DRIVER",
+        default_value = "auto",
+        value_parser = parse_io_driver
+    )]
+    pub io_driver: IoDriverChoice,
+
+    /// Storage backend for piece writes and upload reads (uring: every file
+    /// operation on the shard's io_uring; pwrite, mmap: synchronous).
+    #[arg(long, default_value = "uring", value_parser = parse_backend)]
     pub backend: Backend,
+
+    /// How data files are reserved: `full` (fallocate the whole file, so a
+    /// torrent that does not fit fails at start) or `sparse` (set the length
+    /// only; for filesystems without fallocate such as NFSv3 and some FUSE).
+    #[arg(long, default_value = "full", value_parser = parse_allocation)]
+    pub allocation: Allocation,
+    /// Write pieces through the page cache instead of with O_DIRECT (uring
+    /// backend; O_DIRECT is also turned off by itself where the filesystem
+    /// refuses it, such as tmpfs before Linux 6.6).
+    #[arg(long)]
+    pub no_direct_io: bool,
 
     /// Connected peers per torrent at most.
     #[arg(long, default_value_t = Config::default().max_peers_per_torrent)]
     pub max_peers: usize,
+
+    /// Give up on an outgoing connect after this many milliseconds (its
+    /// socket is closed at once).
+    #[arg(long, value_name = "MS", default_value_t = Config::default().connect_timeout_ms)]
+    pub connect_timeout_ms: u64,
 
     /// Upload slots (peers unchoked at once) per torrent.
     #[arg(long, default_value_t = Config::default().upload_slots)]
@@ -72,9 +102,23 @@ pub struct EngineArgs {
     /// `10M`; 0 = unlimited). Counts block data; all torrents share it.
     #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
     pub download_limit: u64,
+
+    /// Message stream encryption (MSE/PE): `prefer` accepts both and tries it
+    /// first when dialling, falling back to plaintext; `require` speaks only
+    /// MSE with an RC4 payload; `disable` speaks only plaintext.
+    #[arg(long, value_name = "POLICY", default_value = "prefer")]
+    pub encryption: EncryptionPolicy,
+}
+
+pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
+    s.parse()
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
+}
+
+fn parse_allocation(s: &str) -> Result<Allocation, String> {
     s.parse()
 }
 
@@ -94,9 +138,13 @@ impl EngineArgs {
         }
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
+        config.io_driver = self.io_driver;
         config.upload_slots = self.upload_slots;
+        anyhow::ensure!(self.connect_timeout_ms >= 1, "--connect-timeout-ms must be at least 1");
+        config.connect_timeout_ms = self.connect_timeout_ms;
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
+        config.encryption = self.encryption;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
@@ -115,7 +163,12 @@ impl EngineArgs {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { backend: self.backend, ..StoreOptions::default() }
+        StoreOptions {
+            backend: self.backend,
+            allocation: self.allocation,
+            direct_io: !self.no_direct_io,
+            ..StoreOptions::default()
+        }
     }
 
     /// `--peer` addresses, resolved.
@@ -163,5 +216,26 @@ mod tests {
         assert_eq!(unlimited.config.upload_rate_limit_bytes_per_s, 0);
         assert_eq!(unlimited.config.download_rate_limit_bytes_per_s, 0);
         assert!(Cli::try_parse_from(["x", "--upload-limit", "fast"]).is_err());
+    }
+
+    #[test]
+    fn allocation_is_full_unless_asked() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.engine.store_options().allocation, Allocation::Full);
+        let cli = Cli::try_parse_from(["x", "--allocation", "sparse"]).unwrap();
+        assert_eq!(cli.engine.store_options().allocation, Allocation::Sparse);
+        assert!(Cli::try_parse_from(["x", "--allocation", "lazy"]).is_err());
+    }
+
+    #[test]
+    fn encryption_policy_defaults_to_prefer() {
+        let config = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap().config;
+        assert_eq!(config.encryption, EncryptionPolicy::Prefer);
+        let cli = Cli::try_parse_from(["x", "--encryption", "require"]).unwrap();
+        assert_eq!(
+            cli.engine.session_options().unwrap().config.encryption,
+            EncryptionPolicy::Require
+        );
+        assert!(Cli::try_parse_from(["x", "--encryption", "maybe"]).is_err());
     }
 }

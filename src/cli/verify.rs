@@ -30,8 +30,11 @@ pub struct Args {
     /// Hashing threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How to read the data: `mmap` (hash in place) or `pread`.
-    #[arg(long, default_value = "mmap")]
+    /// How to read the data: `pread` (default: a file truncated or a disk
+    /// failing during the check is reported per piece) or `mmap` (hashes in
+    /// place, but a file truncated while checked kills the process with
+    /// SIGBUS: only for data nothing else touches).
+    #[arg(long, default_value = "pread")]
     pub read: ReadMethod,
 }
 

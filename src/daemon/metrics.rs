@@ -69,12 +69,26 @@ pub fn render(daemon: &Daemon) -> String {
         Unit::Seconds,
         startup,
     );
+    let driver = gauge_family(
+        &mut registry,
+        "ringbit_io_driver",
+        "The I/O driver the shards run (1 for the one in use)",
+    );
+    driver.get_or_create(&vec![("driver", status.io_driver.to_string())]).set(1);
     let rechecked = Gauge::<i64>::default();
     rechecked.set(gauge(status.startup.rechecked_pieces));
     registry.register(
         "ringbit_startup_rechecked_pieces",
         "Pieces hashed while loading at start (0 when every resume state was trusted)",
         rechecked,
+    );
+
+    let flush_failures = Counter::<u64>::default();
+    flush_failures.inc_by(status.flush_failures);
+    registry.register(
+        "ringbit_storage_flush_failures",
+        "Storage flushes (fdatasync) that failed; each stopped its torrent and left its unflushed pieces out of resume state",
+        flush_failures,
     );
 
     // Per shard.

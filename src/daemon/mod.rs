@@ -19,15 +19,21 @@
 //!   pause racing a start cannot leave a torrent running unseen;
 //! * resume state claims only durable pieces: it is written after a check
 //!   (pieces read back from disk), after a checkpoint (the shard flushed), or
-//!   after the torrent stopped (its store flushed); it is rewritten only when
-//!   the verified pieces changed, so stopping 10,000 seeding torrents writes
-//!   nothing;
+//!   after the torrent stopped (its store flushed), always from the
+//!   torrent's [`Durability`](crate::resume::Durability): a failed flush
+//!   stops the torrent (state `error`, the message in its `error` field,
+//!   logged, counted in `/metrics` as `ringbit_storage_flush_failures`), and
+//!   the pieces it may have lost are left out and their files marked for
+//!   recheck; it is rewritten only when the verified pieces changed, so
+//!   stopping 10,000 seeding torrents writes nothing;
 //! * at most `limits.max_torrents` torrents.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod registry;
+pub mod roots;
 pub mod watch;
 
 use crate::bitfield::Bitfield;
@@ -76,6 +82,12 @@ pub enum DaemonError {
     Api { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Roots(#[from] roots::RootsError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("download_dir {} is not under any of download_roots", .0.display())]
+    DownloadDirOutsideRoots(PathBuf),
 }
 
 /// Where a torrent is in its lifecycle.
@@ -97,6 +109,9 @@ struct Entry {
     saved: Option<Bitfield>,
     /// Loaded at daemon start and not yet started (for the startup report).
     in_startup: bool,
+    /// Flush failures of its current run already added to
+    /// [`Daemon::flush_failures`].
+    flush_failures_counted: u64,
 }
 
 /// Daemon start-up progress (the registry's torrents being checked and started).
@@ -112,10 +127,16 @@ struct Startup {
 /// The running seed box.
 pub struct Daemon {
     config: DaemonConfig,
+    /// `download_roots`, canonical: the only places API clients may put
+    /// data or read .torrent files from.
+    roots: Vec<PathBuf>,
+    /// The watch dir, canonical (its files may be read by path too).
+    watch_root: Option<PathBuf>,
     /// `None` once shut down.
     session: RwLock<Option<Session>>,
     listen_port: u16,
     shard_count: usize,
+    io_driver: crate::shard::driver::DriverSelection,
     registry: Registry,
     torrents: Mutex<BTreeMap<InfoHash, Entry>>,
     /// Serializes the operations that add a torrent to or remove it from the
@@ -129,6 +150,8 @@ pub struct Daemon {
     started_at: Instant,
     startup: Startup,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Storage flushes that failed since the daemon started (all torrents).
+    flush_failures: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +179,17 @@ impl Daemon {
         if let Some(watch) = &config.watch_dir {
             create_dir(watch)?;
         }
+        let roots = roots::canonical_roots(&config.download_roots)?;
+        let download_dir = config.download_dir.canonicalize().map_err(|source| {
+            DaemonError::CreateDir { path: config.download_dir.clone(), source }
+        })?;
+        if !roots::is_under(&download_dir, &roots) {
+            return Err(DaemonError::DownloadDirOutsideRoots(config.download_dir.clone()));
+        }
+        let watch_root = match &config.watch_dir {
+            Some(w) => Some(roots::canonical_roots(std::slice::from_ref(w))?.remove(0)),
+            None => None,
+        };
         let registry = Registry::open(&config.state_dir)?;
         let peer_id = PeerId::ours(rand::random());
         let mut tracker_config = TrackerConfig::new(peer_id.0);
@@ -188,8 +222,11 @@ impl Daemon {
         let daemon = Arc::new(Daemon {
             listen_port: session.listen_port(),
             shard_count: session.shard_count(),
+            io_driver: session.io_driver().clone(),
             session: RwLock::new(Some(session)),
             config,
+            roots,
+            watch_root,
             registry,
             torrents: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
@@ -200,6 +237,7 @@ impl Daemon {
             started_at: Instant::now(),
             startup: Startup::default(),
             threads: Mutex::new(Vec::new()),
+            flush_failures: AtomicU64::new(0),
         });
         let starters = (crate::hash::default_threads() * 2).max(STARTER_THREADS_MIN);
         for i in 0..starters {
@@ -241,6 +279,7 @@ impl Daemon {
                     rechecked_pieces: 0,
                     saved: None,
                     in_startup: !paused,
+                    flush_failures_counted: 0,
                 },
             );
             if !paused {
@@ -302,6 +341,16 @@ impl Daemon {
             (entry.metainfo.clone(), entry.meta.download_dir.clone(), limits)
         };
         let info = &metainfo.info;
+        // Data of another program is never cut or overwritten: a file of
+        // another size is not ours (ringbit sizes every file at its first
+        // open), so the torrent waits in `error` and nothing is written.
+        let placed = roots::resolve_under(&dir, &self.roots)
+            .map_err(|e| e.to_string())
+            .and_then(|_| foreign_file(info, &dir).map_or(Ok(()), Err));
+        if let Err(error) = placed {
+            self.finish_start(info_hash, EntryState::Failed(error), 0, None);
+            return;
+        }
         let options = CheckOptions { threads: 1, ..CheckOptions::default() };
         let state_dir = &self.config.state_dir;
         let checked = resume::load_or_recheck(state_dir, info_hash, info, &dir, options);
@@ -346,7 +395,9 @@ impl Daemon {
             have: resumed.have,
             store_options: StoreOptions {
                 backend: self.config.backend,
+                allocation: self.config.allocation,
                 file_idle_close_secs: self.config.file_idle_close_secs,
+                direct_io: self.config.direct_io,
                 ..StoreOptions::default()
             },
             peers: Vec::new(),
@@ -385,6 +436,7 @@ impl Daemon {
                 entry.state = state;
                 entry.rechecked_pieces = rechecked;
                 entry.saved = saved;
+                entry.flush_failures_counted = 0; // a new run, a new status
             }
         }
         self.settle_startup(info_hash);
@@ -424,7 +476,12 @@ impl Daemon {
             Metainfo::from_bytes(&bytes).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
         let info_hash = metainfo.info_hash;
         let name = metainfo.info.name.clone();
-        let download_dir = download_dir.unwrap_or_else(|| self.config.download_dir.clone());
+        // A directory from a client must resolve (symlinks and `..`
+        // followed) to a place under the roots; it is created only then.
+        let download_dir = match download_dir {
+            Some(dir) => roots::resolve_under(&dir, &self.roots)?,
+            None => self.config.download_dir.clone(),
+        };
         let _ops = lock(&self.ops);
         if self.stopping.load(Ordering::Relaxed) {
             return Err(DaemonError::ShuttingDown);
@@ -438,7 +495,7 @@ impl Daemon {
                 return Err(DaemonError::TooMany(torrents.len()));
             }
         }
-        create_dir(&download_dir)?;
+        let download_dir = roots::create_dir_under(&download_dir, &self.roots)?;
         let meta = EntryMeta {
             download_dir,
             paused,
@@ -457,6 +514,7 @@ impl Daemon {
                 rechecked_pieces: 0,
                 saved: None,
                 in_startup: false,
+                flush_failures_counted: 0,
             },
         );
         if !paused {
@@ -474,7 +532,11 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
-        let bytes = read_torrent_file(path)?;
+        // Only files under the roots or the watch dir are read: the path
+        // comes from an API client, and the daemon may read what it cannot.
+        let allowed: Vec<PathBuf> = self.roots.iter().chain(&self.watch_root).cloned().collect();
+        let path = roots::resolve_under(path, &allowed)?;
+        let bytes = read_torrent_file(&path)?;
         self.add_torrent(bytes, download_dir, source, paused)
     }
 
@@ -600,24 +662,41 @@ impl Daemon {
             .collect()
     }
 
-    /// Writes a stopped torrent's resume state if its pieces changed.
+    /// Writes a stopped (or failed) torrent's resume state from what its
+    /// flushes made durable, if that changed, and counts its flush failures.
     fn save_if_changed(&self, info_hash: InfoHash, status: &TorrentStatus) {
-        let have = lock(&status.have).clone();
-        self.save_resume(info_hash, have);
+        let durability = status.durability();
+        self.count_flush_failures(info_hash, durability.flush_failures());
+        let suspect = durability.suspect();
+        let suspect = (suspect.count() > 0).then_some(suspect);
+        self.save_resume(info_hash, durability.durable().clone(), suspect);
+    }
+
+    /// Adds the flush failures of a torrent's run not counted yet to the
+    /// daemon's total.
+    fn count_flush_failures(&self, info_hash: InfoHash, failures: u64) {
+        if let Some(entry) = lock(&self.torrents).get_mut(&info_hash) {
+            let new = failures.saturating_sub(entry.flush_failures_counted);
+            entry.flush_failures_counted = entry.flush_failures_counted.max(failures);
+            self.flush_failures.fetch_add(new, Ordering::Relaxed);
+        }
     }
 
     /// Writes `have` (durable pieces) as the torrent's resume state unless the
-    /// file already says exactly that.
-    fn save_resume(&self, info_hash: InfoHash, have: Bitfield) {
+    /// file already says exactly that; the files of `recheck` pieces (a
+    /// failed flush's) are left unstamped so the next start rechecks them.
+    fn save_resume(&self, info_hash: InfoHash, have: Bitfield, recheck: Option<&Bitfield>) {
         let (metainfo, dir) = {
             let torrents = lock(&self.torrents);
             let Some(entry) = torrents.get(&info_hash) else { return };
-            if entry.saved.as_ref() == Some(&have) {
+            if entry.saved.as_ref() == Some(&have) && recheck.is_none() {
                 return;
             }
             (entry.metainfo.clone(), entry.meta.download_dir.clone())
         };
-        let result = resume::save(&self.config.state_dir, info_hash, &metainfo.info, &dir, &have);
+        let state_dir = &self.config.state_dir;
+        let result =
+            resume::save_marked(state_dir, info_hash, &metainfo.info, &dir, &have, recheck);
         match result {
             Ok(()) => {
                 if let Some(entry) = lock(&self.torrents).get_mut(&info_hash) {
@@ -656,12 +735,22 @@ impl Daemon {
         let mut saved = 0;
         for info_hash in changed {
             match self.with_session(|s| s.checkpoint(info_hash)) {
-                Some(Some(Ok(have))) => {
-                    self.save_resume(info_hash, have);
+                Some(Some(Ok(durable))) => {
+                    self.save_resume(info_hash, durable, None);
                     saved += 1;
                 }
                 Some(Some(Err(error))) => {
-                    tracing::warn!(%info_hash, %error, "checkpoint failed")
+                    tracing::error!(%info_hash, %error, "checkpoint failed");
+                    // A failed flush stopped the torrent: save what is
+                    // durable and mark the rest for recheck now, not at
+                    // the next pause or shutdown.
+                    let status = match &lock(&self.torrents).get(&info_hash).map(|e| &e.state) {
+                        Some(EntryState::Running(status)) => Some(status.clone()),
+                        _ => None,
+                    };
+                    if let Some(status) = status {
+                        self.save_if_changed(info_hash, &status);
+                    }
                 }
                 _ => {}
             }
@@ -778,6 +867,8 @@ impl Daemon {
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
             listen_port: self.listen_port,
             shards: self.shard_count,
+            io_driver: self.io_driver.driver.name(),
+            io_driver_reason: self.io_driver.reason.clone(),
             torrents: torrents.len(),
             by_state: BTreeMap::new(),
             download_rate: 0,
@@ -796,6 +887,7 @@ impl Daemon {
                 errors: lock(&self.startup.errors).clone(),
             },
             shutting_down: self.stopping.load(Ordering::Relaxed),
+            flush_failures: self.flush_failures.load(Ordering::Relaxed),
         };
         if let Some(after) = *lock(&self.startup.done_after) {
             status.startup.done = true;
@@ -881,6 +973,29 @@ impl Brief {
     }
 }
 
+/// The first file of `info` under `dir` that exists with another size than
+/// the torrent's (or is not a regular file), as an error message. An empty
+/// file holds nothing to lose: it is what an interrupted first open leaves.
+fn foreign_file(info: &crate::metainfo::Info, dir: &Path) -> Option<String> {
+    info.files.iter().filter(|f| !f.pad).find_map(|f| {
+        let path = crate::storage::file_path(dir, &f.path);
+        // Followed: seeding through a symlinked data file is legitimate.
+        let meta = std::fs::metadata(&path).ok()?;
+        if !meta.is_file() {
+            return Some(format!("{} exists and is not a regular file", path.display()));
+        }
+        (meta.len() != f.length && meta.len() != 0).then(|| {
+            format!(
+                "{} exists with another size ({} bytes, the torrent says {}); nothing was \
+                 written: move it away or pick another download_dir, then resume",
+                path.display(),
+                meta.len(),
+                f.length
+            )
+        })
+    })
+}
+
 /// Reads a .torrent file, bounded by the metainfo size limit.
 pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
     use std::io::Read;
@@ -899,9 +1014,9 @@ pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
 }
 
 /// Raises the soft open-file limit to the hard limit: every peer is a
-/// socket, the files of active torrents are open (pwrite: those read or
-/// written in the last `file_idle_close_secs`), and the mmap and io_uring
-/// backends keep every file of every torrent open.
+/// socket, the files of active torrents are open (pwrite and io_uring: those
+/// read or written in the last `file_idle_close_secs`), and the mmap backend
+/// keeps every file of every torrent open.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
@@ -1007,6 +1122,9 @@ pub struct StatusView {
     pub uptime_secs: f64,
     pub listen_port: u16,
     pub shards: usize,
+    /// The I/O driver of the shards (`io_uring` or `epoll`) and why.
+    pub io_driver: &'static str,
+    pub io_driver_reason: String,
     pub torrents: usize,
     pub by_state: BTreeMap<&'static str, usize>,
     pub download_rate: u64,
@@ -1019,6 +1137,9 @@ pub struct StatusView {
     pub download_rate_limit: u64,
     pub startup: StartupView,
     pub shutting_down: bool,
+    /// Storage flushes that failed since the daemon started (each stopped
+    /// its torrent; see the torrent's `error`).
+    pub flush_failures: u64,
 }
 
 /// Progress of loading the registered torrents at start.

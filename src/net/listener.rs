@@ -8,17 +8,26 @@
 //! that owns `handshake.info_hash`; this module knows nothing of shards.
 //!
 //! Invariants:
-//! * at most `max_pending_handshakes` handshakes are being read at once;
-//!   connections past that are closed at once (a flood costs nothing);
+//! * at most `max_pending_handshakes` handshakes are being read at once, and
+//!   at most `max_pending_handshakes_per_ip` from one IP; connections past
+//!   either are closed at once (a flood costs nothing, and one host holding
+//!   idle sockets cannot shut everyone else out);
 //! * a handshake that does not arrive within `handshake_timeout` closes the
 //!   connection; the timeout is on the handshake, and the socket is handed
 //!   over only after the read completed, so no read is ever left in flight;
-//! * [`Listener::shutdown`] stops accepting and joins the thread.
+//! * [`Listener::shutdown`] stops accepting and joins the thread;
+//! * the first 20 bytes tell a plaintext handshake (`\x13BitTorrent
+//!   protocol`) from an MSE one; the MSE responder ([`super::mse_io`]) runs
+//!   here under the same permit and timeout, and the connection is handed on
+//!   with its ciphers and the payload already read, decrypted.
 
+use super::mse_io::{self, PeerCipher, TorrentKeys};
+use crate::mse::EncryptionPolicy;
 use crate::wire::{decode_handshake, Handshake, HandshakeDecoded, HANDSHAKE_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
@@ -33,6 +42,10 @@ pub struct IncomingPeer {
     pub stream: std::net::TcpStream,
     pub addr: SocketAddr,
     pub handshake: Handshake,
+    /// Payload ciphers (plaintext unless MSE selected RC4).
+    pub cipher: PeerCipher,
+    /// Payload that arrived after the handshake, decrypted (MSE only).
+    pub leftover: Vec<u8>,
 }
 
 /// Where accepted connections go. Returns false when nobody wants it (the
@@ -62,7 +75,50 @@ pub struct ListenConfig {
     /// 0 picks a free port (the same one for every IP).
     pub port: u16,
     pub max_pending_handshakes: usize,
+    /// Handshakes being read from one IP at most.
+    pub max_pending_handshakes_per_ip: usize,
     pub handshake_timeout: Duration,
+    /// Which handshakes are accepted: plaintext, MSE, or both.
+    pub encryption: EncryptionPolicy,
+    /// Torrents an MSE responder may find by their req2 hash.
+    pub torrents: Arc<TorrentKeys>,
+}
+
+/// Pending handshakes per IP (its entries number at most the total pending
+/// bound: an IP is listed only while it has one).
+#[derive(Default)]
+struct PerIp {
+    pending: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One pending handshake's place in its IP's count, given back when dropped.
+struct IpPermit {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_acquire(table: &Arc<PerIp>, ip: IpAddr, max: usize) -> Option<IpPermit> {
+        let mut pending = table.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let count = pending.entry(ip).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(IpPermit { table: table.clone(), ip })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut pending = self.table.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The running listener.
@@ -150,6 +206,7 @@ async fn accept_all(
     stop: Arc<Notify>,
 ) {
     let pending = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let mut tasks = tokio::task::JoinSet::new();
     for socket in sockets {
         let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -160,8 +217,11 @@ async fn accept_all(
             }
         };
         let pending = pending.clone();
+        let per_ip = per_ip.clone();
+        let max_per_ip = config.max_pending_handshakes_per_ip;
         let route = route.clone();
         let timeout = config.handshake_timeout;
+        let (encryption, torrents) = (config.encryption, config.torrents.clone());
         tasks.spawn(async move {
             loop {
                 let (stream, addr) = match listener.accept().await {
@@ -173,16 +233,23 @@ async fn accept_all(
                         continue;
                     }
                 };
+                // Per IP first: a busy host does not use up the total.
+                let Some(ip_permit) = PerIp::try_acquire(&per_ip, addr.ip(), max_per_ip) else {
+                    tracing::debug!(%addr, "too many pending handshakes from this IP: closed");
+                    continue;
+                };
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     tracing::debug!(%addr, "too many pending handshakes: closed");
                     continue;
                 };
                 let route = route.clone();
+                let torrents = torrents.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match read_handshake(stream, timeout).await {
-                        Ok((stream, handshake)) => {
-                            if !route(IncomingPeer { stream, addr, handshake }) {
+                    let _permits = (permit, ip_permit);
+                    match read_handshake(stream, timeout, encryption, &torrents).await {
+                        Ok((stream, handshake, cipher, leftover)) => {
+                            let peer = IncomingPeer { stream, addr, handshake, cipher, leftover };
+                            if !route(peer) {
                                 tracing::debug!(%addr, "no torrent for handshake");
                             }
                         }
@@ -196,25 +263,56 @@ async fn accept_all(
     tasks.shutdown().await;
 }
 
+type Accepted = (std::net::TcpStream, Handshake, PeerCipher, Vec<u8>);
+
 async fn read_handshake(
     mut stream: tokio::net::TcpStream,
     timeout: Duration,
-) -> Result<(std::net::TcpStream, Handshake), String> {
-    let mut buf = [0u8; HANDSHAKE_LEN];
-    match tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await {
-        Err(_) => return Err(format!("no handshake within {timeout:?}")),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Ok(Ok(_)) => {}
-    }
-    let handshake = match decode_handshake(&buf) {
-        Ok(HandshakeDecoded::Done(h)) => h,
-        Ok(HandshakeDecoded::NeedMore(_)) => return Err("short handshake".into()),
-        Err(e) => return Err(e.to_string()),
-    };
+    encryption: EncryptionPolicy,
+    torrents: &TorrentKeys,
+) -> Result<Accepted, String> {
+    let (handshake, cipher, leftover) =
+        match tokio::time::timeout(timeout, negotiate(&mut stream, encryption, torrents)).await {
+            Err(_) => return Err(format!("no handshake within {timeout:?}")),
+            Ok(result) => result?,
+        };
     let stream = stream.into_std().map_err(|e| e.to_string())?;
     // io_uring reads and writes on the shard expect a blocking-mode socket.
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    Ok((stream, handshake))
+    Ok((stream, handshake, cipher, leftover))
+}
+
+/// Reads a plaintext handshake, or answers an MSE one and reads the
+/// handshake inside it, as the policy allows.
+async fn negotiate(
+    stream: &mut tokio::net::TcpStream,
+    encryption: EncryptionPolicy,
+    torrents: &TorrentKeys,
+) -> Result<(Handshake, PeerCipher, Vec<u8>), String> {
+    // 20 bytes: the protocol string of a plaintext handshake, or the start
+    // of an MSE public key (which is at least 96 bytes).
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    stream.read_exact(&mut buf[..20]).await.map_err(|e| e.to_string())?;
+    let plaintext = buf[0] == 19 && &buf[1..20] == crate::wire::PROTOCOL;
+    if !plaintext {
+        if !encryption.uses_mse() {
+            return Err("not a BitTorrent handshake (encryption disabled)".into());
+        }
+        let done = mse_io::respond(stream, &buf[..20], encryption, torrents)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(rc4 = done.cipher.is_rc4(), "incoming MSE handshake done");
+        return Ok((done.handshake, done.cipher, done.leftover));
+    }
+    if !encryption.accepts_plaintext() {
+        return Err("plaintext handshake refused (encryption required)".into());
+    }
+    stream.read_exact(&mut buf[20..]).await.map_err(|e| e.to_string())?;
+    match decode_handshake(&buf) {
+        Ok(HandshakeDecoded::Done(h)) => Ok((h, PeerCipher::plaintext(), Vec::new())),
+        Ok(HandshakeDecoded::NeedMore(_)) => Err("short handshake".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +332,10 @@ mod tests {
                 ips: vec!["127.0.0.1".parse().unwrap()],
                 port: 0,
                 max_pending_handshakes: 4,
+                max_pending_handshakes_per_ip: 4,
                 handshake_timeout: Duration::from_millis(300),
+                encryption: EncryptionPolicy::Prefer,
+                torrents: Arc::default(),
             },
             Box::new(move |peer| {
                 sink.lock().unwrap().push(peer);
@@ -265,6 +366,59 @@ mod tests {
         std::io::Read::read_exact(&mut got[0].stream, &mut next).unwrap();
         assert_eq!(next, [0, 0, 0, 1, 2]);
         drop(got);
+        listener.shutdown();
+    }
+
+    /// Goal: one IP holding idle sockets uses up only its own share of the
+    /// pending handshakes; another IP still gets through at once.
+    /// Setup: a listener on 127.0.0.1 allowing 2 pending handshakes per IP
+    /// and 16 in total; 20 silent connections from 127.0.0.2.
+    /// Check: a handshake from 127.0.0.3 is routed while they are held, and
+    /// the surplus silent connections are closed without waiting.
+    #[test]
+    fn one_ip_cannot_take_every_pending_handshake() {
+        let got: Arc<Mutex<Vec<IncomingPeer>>> = Arc::default();
+        let sink = got.clone();
+        let mut listener = Listener::start(
+            ListenConfig {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                port: 0,
+                max_pending_handshakes: 16,
+                max_pending_handshakes_per_ip: 2,
+                handshake_timeout: Duration::from_secs(20),
+            },
+            Box::new(move |peer| {
+                sink.lock().unwrap().push(peer);
+                true
+            }),
+        )
+        .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], listener.port()));
+        let from = |ip: [u8; 4]| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+            socket.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
+            std::net::TcpStream::from(socket)
+        };
+        let mut idle: Vec<std::net::TcpStream> = (0..20).map(|_| from([127, 0, 0, 2])).collect();
+        let hs = Handshake::ours(InfoHash([5; 20]), PeerId::ours([2; 12]));
+        let mut good = from([127, 0, 0, 3]);
+        good.write_all(&hs.to_bytes()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(got.lock().unwrap().len(), 1, "the other IP's handshake was routed");
+        // All but 2 of the idle sockets were closed at accept (EOF on read).
+        let mut closed = 0;
+        for s in &mut idle {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut b = [0u8; 1];
+            if let Ok(0) = std::io::Read::read(s, &mut b) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 18, "surplus connections from one IP are closed at once");
         listener.shutdown();
     }
 }

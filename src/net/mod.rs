@@ -5,6 +5,7 @@
 
 pub mod dht;
 pub mod listener;
+pub mod mse_io;
 pub mod peer_io;
 pub mod tracker_http;
 pub mod tracker_udp;

@@ -80,6 +80,8 @@ pub struct TrackerConfig {
     /// peers at one of them with our listen port are dropped.
     pub own_ips: Vec<IpAddr>,
     pub known_peers_max: usize,
+    /// MSE policy announced to HTTP trackers (the session sets the engine's).
+    pub encryption: crate::mse::EncryptionPolicy,
 }
 
 impl TrackerConfig {
@@ -97,6 +99,7 @@ impl TrackerConfig {
             shuffle_seed: rand::random(),
             own_ips: Vec::new(),
             known_peers_max: KNOWN_PEERS_MAX_DEFAULT,
+            encryption: crate::mse::EncryptionPolicy::Prefer,
         }
     }
 }
@@ -615,6 +618,7 @@ fn request_for(
         numwant: Some(if job.event == Event::Stopped { 0 } else { context.config.numwant }),
         key: context.config.key,
         tracker_id: job.tracker_id.clone(),
+        encryption: context.config.encryption,
     }
 }
 

@@ -23,25 +23,49 @@
 //! the core the driver arms the ticker's timer for it, and the ticker runs
 //! [`TorrentCore::rate_limit_tick`] when it fires. Nothing polls.
 //!
+//! Encryption (MSE/PE, [`crate::mse`]): an outgoing connect runs the MSE
+//! initiator first when the policy says so (`prefer` retries in plaintext on
+//! a fresh connection when it fails); incoming MSE was answered by the
+//! listener. Each connection's reader then decrypts in place the bytes it
+//! just read, and its writer encrypts its buffer in place before the write:
+//! one call each, nothing copied; plaintext connections pass through.
+//!
 //! Invariants:
 //! * a connection is in `conns` exactly while the core knows it;
-//! * at most [`MAX_HALF_OPEN`] outgoing connects per torrent are in flight;
+//! * outgoing connects in flight stay within [`MAX_HALF_OPEN_PER_TORRENT`]
+//!   per torrent, [`Config::max_half_open_per_shard`] per shard and
+//!   [`Config::max_half_open_total`] per process; each holds a
+//!   [`HalfOpenPermit`] until its connect ends, and a connect that times out
+//!   closes its socket at once (see [`peer_io::connect`]);
+//! * whom to dial is decided by the torrent's [`PeerBook`] (bounded, with
+//!   eviction and redial backoff); every dial and every close of a
+//!   connection we dialled is reported to it;
 //! * a storage error stops the torrent (its connections close, the error is
-//!   reported in [`TorrentStatus`]); pieces already verified stay on disk.
+//!   reported in [`TorrentStatus`]); pieces already verified stay on disk;
+//! * every flush goes through [`TorrentTask::flush_durable`], which records
+//!   its outcome in [`TorrentStatus::durability`]: resume state claims only
+//!   what a successful flush covered, and a failed flush stops the torrent
+//!   (its unflushed pieces may be lost, and serving them would send peers
+//!   bad data).
 
 use super::bufpool::BufPool;
+use super::driver::IoDriver;
 use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
 use crate::metainfo::{InfoHash, Metainfo};
+use crate::mse::{Cipher, EncryptionPolicy};
+use crate::net::mse_io::{self, PeerCipher};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
+use crate::peer_book::{PeerBook, PeerBookConfig};
 use crate::rate_limit::ProcessRateLimits;
+use crate::resume::Durability;
 use crate::storage::{PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
 use crate::wire::{Handshake, PeerId};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -50,18 +74,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Outgoing connects in flight per torrent at most.
-pub const MAX_HALF_OPEN: usize = 16;
-
-/// Peer addresses remembered per torrent for dialing at most.
-pub const MAX_CANDIDATES: usize = 2000;
-
-/// Redials of a peer that hung up before finishing its handshake (libtorrent
-/// does until its torrent is loaded) or refused the connection.
-pub const MAX_REDIALS: u32 = 6;
-
-/// Wait before redialing such a peer.
-pub const REDIAL_DELAY: Duration = Duration::from_secs(2);
+/// Outgoing connects in flight per torrent at most (the shard's and the
+/// process's bounds, [`Config::max_half_open_per_shard`] and
+/// [`Config::max_half_open_total`], apply on top), so one torrent with many
+/// unreachable peers leaves room for the others.
+pub const MAX_HALF_OPEN_PER_TORRENT: usize = 16;
 
 /// How often the ticker runs the core's timers and dials.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(1000);
@@ -87,9 +104,11 @@ pub struct TorrentStatus {
     /// The torrent task ended (removed, shut down, or failed).
     pub stopped: AtomicBool,
     pub error: Mutex<Option<String>>,
-    /// Verified pieces, refreshed by the ticker when they change (for resume
-    /// state at shutdown).
+    /// Verified pieces, refreshed by the ticker when they change.
     pub have: Mutex<Bitfield>,
+    /// What flushes made durable (what resume state may claim) and which
+    /// pieces a failed flush made suspect; updated at each flush only.
+    pub durability: Mutex<Durability>,
 }
 
 impl TorrentStatus {
@@ -106,12 +125,26 @@ impl TorrentStatus {
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
             have: Mutex::new(have.clone()),
+            durability: Mutex::new(Durability::new(have)),
         })
     }
 
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// A copy of the durability record (what resume state may claim).
+    pub fn durability(&self) -> Durability {
+        self.durability.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The status error of a torrent whose flush failed.
+fn flush_failed_message(error: &str) -> String {
+    format!(
+        "flush failed, torrent stopped: {error}; pieces written since the last successful flush \
+         are not claimed by resume state and will be rechecked"
+    )
 }
 
 /// A torrent to run: what the caller decides.
@@ -144,6 +177,9 @@ pub struct ShardContext {
     pub hash_pool: Arc<HashPool>,
     pub trackers: Option<TrackerHandle>,
     pub torrents: RefCell<HashMap<InfoHash, Rc<TorrentTask>>>,
+    /// Torrents whose storage is being opened, and whether a remove came
+    /// meanwhile (it then stops once open).
+    pub opening: RefCell<HashMap<InfoHash, bool>>,
     /// Connections open on this shard.
     pub connections: Cell<usize>,
     /// This shard's share of `max_peers_total`.
@@ -152,6 +188,42 @@ pub struct ShardContext {
     pub block_buffers: BufPool,
     /// The process-wide rate limits, shared by every shard.
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// Outgoing connects in flight on this shard.
+    pub half_open: Cell<usize>,
+    /// Outgoing connects in flight in the whole process (shared by every
+    /// shard).
+    pub process_half_open: Arc<AtomicUsize>,
+    /// The I/O driver this shard runs.
+    pub driver: IoDriver,
+}
+
+/// One outgoing connect's place in the shard's and the process's half-open
+/// bounds, given back when dropped (the connect ended either way).
+pub struct HalfOpenPermit {
+    ctx: Rc<ShardContext>,
+}
+
+impl HalfOpenPermit {
+    /// A place for one more connect, or `None` when the shard or the process
+    /// is at its bound.
+    pub fn try_acquire(ctx: &Rc<ShardContext>) -> Option<HalfOpenPermit> {
+        if ctx.half_open.get() >= ctx.config.max_half_open_per_shard {
+            return None;
+        }
+        let max_total = ctx.config.max_half_open_total;
+        ctx.process_half_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_total).then_some(n + 1))
+            .ok()?;
+        ctx.half_open.set(ctx.half_open.get() + 1);
+        Some(HalfOpenPermit { ctx: ctx.clone() })
+    }
+}
+
+impl Drop for HalfOpenPermit {
+    fn drop(&mut self) {
+        self.ctx.half_open.set(self.ctx.half_open.get().saturating_sub(1));
+        self.ctx.process_half_open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ShardContext {
@@ -162,6 +234,8 @@ impl ShardContext {
         hash_pool: Arc<HashPool>,
         trackers: Option<TrackerHandle>,
         rate_limits: Arc<ProcessRateLimits>,
+        process_half_open: Arc<AtomicUsize>,
+        driver: IoDriver,
     ) -> Rc<ShardContext> {
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
@@ -170,11 +244,15 @@ impl ShardContext {
             hash_pool,
             trackers,
             torrents: RefCell::new(HashMap::new()),
+            opening: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
             max_connections,
             write_buffers: BufPool::new(WRITE_BUFFER_BYTES, 64),
             block_buffers: BufPool::new(crate::wire::BLOCK_LEN as usize, 256),
             rate_limits,
+            half_open: Cell::new(0),
+            process_half_open,
+            driver,
         })
     }
 }
@@ -197,10 +275,10 @@ pub struct TorrentTask {
     status: Arc<TorrentStatus>,
     conns: RefCell<HashMap<ConnId, ConnEntry>>,
     next_token: Cell<u64>,
-    candidates: RefCell<VecDeque<SocketAddr>>,
-    known: RefCell<HashSet<SocketAddr>>,
+    /// Peers we may dial (see [`PeerBook`]).
+    book: RefCell<PeerBook>,
+    /// This torrent's connects in flight.
     half_open: Cell<usize>,
-    redials: RefCell<HashMap<SocketAddr, u32>>,
     stop: Notify,
     stopped: Cell<bool>,
     have_published: Cell<u32>,
@@ -211,12 +289,23 @@ pub struct TorrentTask {
 }
 
 impl TorrentTask {
-    /// Opens storage on this shard, builds the core and starts the ticker.
-    pub fn start(ctx: Rc<ShardContext>, spec: TorrentSpec) -> Result<Rc<TorrentTask>, String> {
+    /// Opens storage on this shard (on the ring, or the blocking pool for the
+    /// sync backends: the shard thread never waits on the disk, and other
+    /// torrents run meanwhile), builds the core and starts the ticker.
+    pub async fn start(
+        ctx: Rc<ShardContext>,
+        spec: TorrentSpec,
+    ) -> Result<Rc<TorrentTask>, String> {
         let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
+        let (metainfo, dir, options) =
+            (&torrent.metainfo, &torrent.download_dir, torrent.store_options);
+        let store = match ctx.driver {
+            IoDriver::Uring => PieceStore::open_async(metainfo, dir, options).await,
+            // No ring: file I/O on the runtime's bounded blocking pool.
+            IoDriver::Epoll => PieceStore::open_on_pool(metainfo, dir, options).await,
+        }
+        .map_err(|e| e.to_string())?;
         let info = &torrent.metainfo.info;
-        let store = PieceStore::open(info, &torrent.download_dir, torrent.store_options)
-            .map_err(|e| e.to_string())?;
         let params = TorrentParams {
             info_hash: torrent.metainfo.info_hash,
             piece_length: info.piece_length,
@@ -234,6 +323,10 @@ impl TorrentTask {
             status.completed.store(true, Ordering::Release);
         }
         core.set_process_limits(ctx.rate_limits.clone());
+        let book = PeerBook::new(PeerBookConfig {
+            max_entries: ctx.config.max_known_peers_per_torrent,
+            ..PeerBookConfig::default()
+        });
         let task = Rc::new(TorrentTask {
             ctx,
             info_hash: torrent.metainfo.info_hash,
@@ -242,10 +335,8 @@ impl TorrentTask {
             status,
             conns: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
-            candidates: RefCell::new(VecDeque::new()),
-            known: RefCell::new(HashSet::new()),
+            book: RefCell::new(book),
             half_open: Cell::new(0),
-            redials: RefCell::new(HashMap::new()),
             stop: Notify::new(),
             stopped: Cell::new(false),
             have_published: Cell::new(u32::MAX),
@@ -255,7 +346,7 @@ impl TorrentTask {
         task.add_peers(&torrent.peers);
         task.drain_actions();
         let ticker = task.clone();
-        tokio_uring::spawn(async move { ticker.run_ticker().await });
+        super::driver::spawn(async move { ticker.run_ticker().await });
         Ok(task)
     }
 
@@ -273,14 +364,13 @@ impl TorrentTask {
         self.drain_actions();
     }
 
-    /// Remembers peers to dial (duplicates and overflow are dropped).
+    /// Remembers peers to dial (duplicates are ignored; a full book evicts
+    /// failed and old entries, see [`PeerBook`]).
     pub fn add_peers(&self, peers: &[SocketAddr]) {
-        let mut known = self.known.borrow_mut();
-        let mut candidates = self.candidates.borrow_mut();
+        let now = Instant::now();
+        let mut book = self.book.borrow_mut();
         for &addr in peers {
-            if known.len() < MAX_CANDIDATES && known.insert(addr) {
-                candidates.push_back(addr);
-            }
+            book.add(addr, now);
         }
     }
 
@@ -298,8 +388,12 @@ impl TorrentTask {
         for conn in conns {
             self.close(conn);
         }
-        if let Err(error) = self.store.flush().await {
-            tracing::warn!(info_hash = %self.info_hash, %error, "flush at stop");
+        if let Err(error) = self.flush_durable().await {
+            tracing::error!(info_hash = %self.info_hash, %error, "flush at stop failed");
+            let mut slot = self.status.error.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(flush_failed_message(&error));
+            }
         }
         // The ticker stops sweeping idle files now: release the flushed ones
         // (a torrent stopped by an error may stay listed for a long time).
@@ -309,13 +403,38 @@ impl TorrentTask {
         self.status.stopped.store(true, Ordering::Release);
     }
 
-    /// Flushes storage and returns the pieces verified before the flush: every
-    /// one of them is durable once this returns `Ok`, so resume state may
-    /// claim them.
-    pub async fn checkpoint(&self) -> Result<Bitfield, String> {
+    /// Flushes storage and returns the durable pieces (see
+    /// [`TorrentTask::flush_durable`]), which resume state may claim. A
+    /// failed flush stops the torrent with the error in its status.
+    pub async fn checkpoint(self: &Rc<Self>) -> Result<Bitfield, String> {
+        match self.flush_durable().await {
+            Ok(durable) => Ok(durable),
+            Err(error) => {
+                let message = flush_failed_message(&error);
+                self.stop(Some(message.clone())).await;
+                Err(message)
+            }
+        }
+    }
+
+    /// Flushes storage and records the outcome in the status's
+    /// [`Durability`]: on success the pieces verified before the flush
+    /// (less any a failed flush made suspect) are durable; on failure those
+    /// not yet durable become suspect. Returns the durable pieces.
+    async fn flush_durable(&self) -> Result<Bitfield, String> {
         let have = self.core.borrow().have().clone();
-        self.store.flush().await.map_err(|e| e.to_string())?;
-        Ok(have)
+        let result = self.store.flush().await;
+        let mut durability = self.status.durability.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                durability.flushed(&have);
+                Ok(durability.durable().clone())
+            }
+            Err(error) => {
+                durability.flush_failed(&have);
+                Err(error.to_string())
+            }
+        }
     }
 
     fn publish_status(&self) {
@@ -378,78 +497,130 @@ impl TorrentTask {
     }
 
     fn dial(self: &Rc<Self>) {
-        let config = &self.ctx.config;
-        let timeout = Duration::from_millis(config.connect_timeout_ms);
-        while self.half_open.get() < MAX_HALF_OPEN
-            && self.ctx.connections.get() + self.half_open.get() < self.ctx.max_connections
+        let timeout = Duration::from_millis(self.ctx.config.connect_timeout_ms);
+        let max_connections = self.core.borrow().max_connections();
+        let now = Instant::now();
+        while self.half_open.get() < MAX_HALF_OPEN_PER_TORRENT
+            && self.core.borrow().connection_count() + self.half_open.get() < max_connections
+            && self.ctx.connections.get() + self.ctx.half_open.get() < self.ctx.max_connections
         {
-            let Some(addr) = self.candidates.borrow_mut().pop_front() else { break };
+            let Some(permit) = HalfOpenPermit::try_acquire(&self.ctx) else { break };
+            let Some(addr) = self.book.borrow_mut().next_due(now) else { break };
             if !self.core.borrow().wants_connection(addr) {
+                // Banned, or already connected (it dialled us).
+                self.book.borrow_mut().dial_failed(addr, now);
                 continue;
             }
             self.half_open.set(self.half_open.get() + 1);
             let task = self.clone();
-            tokio_uring::spawn(async move {
-                let result = peer_io::connect(addr, timeout).await;
+            super::driver::spawn(async move {
+                let result = task.open(addr, timeout).await;
+                drop(permit);
                 task.half_open.set(task.half_open.get() - 1);
+                let now = Instant::now();
                 match result {
-                    Ok(stream) if !task.stopped.get() => {
-                        let conn = task.core.borrow_mut().connected(addr, Instant::now());
+                    Ok((stream, cipher, leftover)) if !task.stopped.get() => {
+                        let conn = task.core.borrow_mut().connected(addr, now);
                         match conn {
-                            Ok(conn) => task.run_connection(conn, stream, addr, true),
-                            Err(error) => tracing::debug!(%addr, %error, "not connecting"),
+                            Ok(conn) => {
+                                task.book.borrow_mut().connected(addr);
+                                task.run_connection(conn, stream, addr, true, cipher, leftover);
+                            }
+                            Err(error) => {
+                                tracing::debug!(%addr, %error, "not connecting");
+                                task.book.borrow_mut().dial_failed(addr, now);
+                            }
                         }
                     }
                     Ok(_) => {}
                     Err(error) => {
                         tracing::debug!(%addr, %error, "connect failed");
-                        // Dial it again later (it may not be listening yet).
-                        task.retry_later(addr);
+                        // Dialled again after a backoff (it may not be
+                        // listening yet), forgotten after several failures.
+                        task.book.borrow_mut().dial_failed(addr, now);
                     }
+                }
+                // The place is free: dial the next due peer now rather than
+                // at the next tick (the book's backoff bounds the pace).
+                if !task.stopped.get() {
+                    task.dial();
                 }
             });
         }
     }
 
-    /// Dials `addr` again after [`REDIAL_DELAY`], at most [`MAX_REDIALS`] times.
-    fn retry_later(self: &Rc<Self>, addr: SocketAddr) {
-        {
-            let mut redials = self.redials.borrow_mut();
-            if redials.len() >= MAX_CANDIDATES && !redials.contains_key(&addr) {
-                return;
-            }
-            let count = redials.entry(addr).or_insert(0);
-            *count += 1;
-            if *count > MAX_REDIALS {
-                return;
-            }
+    /// A connection we dialled to `addr` closed: the book schedules the
+    /// redial (or forgets a banned peer).
+    fn dialled_closed(&self, addr: SocketAddr, handshake_done: bool) {
+        let now = Instant::now();
+        let mut book = self.book.borrow_mut();
+        if self.core.borrow().is_banned(addr.ip()) {
+            book.remove(addr);
+        } else {
+            book.disconnected(addr, handshake_done, now);
         }
-        let task = self.clone();
-        tokio_uring::spawn(async move {
-            tokio::time::sleep(REDIAL_DELAY).await;
-            if !task.stopped.get() {
-                task.candidates.borrow_mut().push_back(addr);
-            }
-        });
     }
 
-    /// A connection the listener accepted for this torrent.
-    pub fn accept(self: &Rc<Self>, stream: std::net::TcpStream, addr: SocketAddr, hs: Handshake) {
+    /// Connects to `addr` and runs the MSE initiator as the encryption
+    /// policy says; under `prefer` a failed MSE attempt is retried in
+    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
+    /// the DH key). Returns the stream, its ciphers and plaintext payload
+    /// that came with the MSE reply.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
+        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        let policy = self.ctx.config.encryption;
+        if !policy.uses_mse() {
+            return Ok((stream, PeerCipher::plaintext(), Vec::new()));
+        }
+        let limit = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+        let attempt = mse_io::initiate(&stream, self.info_hash, policy);
+        let error = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok((cipher, leftover))) => {
+                tracing::debug!(%addr, rc4 = cipher.is_rc4(), "MSE handshake done");
+                return Ok((stream, cipher, leftover));
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("MSE: no reply within {limit:?}"),
+        };
+        // The connection is dropped: a read left in flight by the timeout
+        // ends with the shutdown.
+        peer_io::shutdown(&stream);
+        drop(stream);
+        if policy != EncryptionPolicy::Prefer {
+            return Err(std::io::Error::other(error));
+        }
+        tracing::debug!(%addr, %error, "MSE failed: retrying in plaintext");
+        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        Ok((stream, PeerCipher::plaintext(), Vec::new()))
+    }
+
+    /// A connection the listener accepted for this torrent, with its
+    /// ciphers and the (decrypted) payload read after its handshake.
+    pub fn accept(
+        self: &Rc<Self>,
+        stream: std::net::TcpStream,
+        addr: SocketAddr,
+        hs: Handshake,
+        cipher: PeerCipher,
+        leftover: Vec<u8>,
+    ) {
         if self.stopped.get() || self.ctx.connections.get() >= self.ctx.max_connections {
             return;
         }
-        let stream = match peer_io::adopt(stream) {
+        let stream = match peer_io::adopt(self.ctx.driver, stream) {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%addr, %error, "adopt");
                 return;
             }
         };
-        // The peer dialled us: no need to dial it as well.
-        self.known.borrow_mut().insert(addr);
         let conn = self.core.borrow_mut().accepted(addr, hs, Instant::now());
         match conn {
-            Ok(conn) => self.run_connection(conn, stream, addr, false),
+            Ok(conn) => self.run_connection(conn, stream, addr, false, cipher, leftover),
             Err(error) => tracing::debug!(%addr, %error, "refused incoming"),
         }
         self.drain_actions();
@@ -461,6 +632,8 @@ impl TorrentTask {
         stream: PeerStream,
         addr: SocketAddr,
         outgoing: bool,
+        cipher: PeerCipher,
+        leftover: Vec<u8>,
     ) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
@@ -478,31 +651,53 @@ impl TorrentTask {
             return;
         }
         wake.notify_one();
+        let PeerCipher { encrypt, decrypt } = cipher;
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(async move { reader.read_loop(conn, token, read_stream).await });
+        super::driver::spawn(async move {
+            reader.read_loop(conn, token, read_stream, decrypt, leftover).await
+        });
         let writer = self.clone();
-        tokio_uring::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
+        super::driver::spawn(
+            async move { writer.write_loop(conn, token, stream, wake, encrypt).await },
+        );
     }
 
     fn is_current(&self, conn: ConnId, token: u64) -> bool {
         self.conns.borrow().get(&conn).is_some_and(|e| e.token == token)
     }
 
-    async fn read_loop(self: Rc<Self>, conn: ConnId, token: u64, stream: Rc<PeerStream>) {
-        let mut buf = Vec::with_capacity(self.ctx.config.read_buffer_bytes);
+    async fn read_loop(
+        self: Rc<Self>,
+        conn: ConnId,
+        token: u64,
+        stream: Rc<PeerStream>,
+        mut decrypt: Cipher,
+        leftover: Vec<u8>,
+    ) {
+        let mut buf = Vec::with_capacity(self.ctx.config.read_buffer_bytes.max(leftover.len()));
+        if !leftover.is_empty() {
+            // Payload that came with an MSE handshake, already decrypted.
+            buf.extend_from_slice(&leftover);
+            let used = self.core.borrow_mut().on_data(conn, &buf, Instant::now());
+            buf.drain(..used);
+            self.drain_actions();
+        }
         loop {
             if buf.len() == buf.capacity() {
                 // A message larger than what is buffered: the core's wire
                 // limits bound how large it may get before it is refused.
                 buf.reserve(buf.capacity());
             }
+            let filled = buf.len();
             let (result, b) = peer_io::read_into_spare(&stream, buf).await;
             buf = b;
             match result {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+            // MSE: only the bytes just read, in place.
+            decrypt.apply(&mut buf[filled..]);
             if !self.is_current(conn, token) {
                 return;
             }
@@ -512,12 +707,12 @@ impl TorrentTask {
         }
         if self.is_current(conn, token) {
             let handshake_done = self.core.borrow_mut().closed(conn);
-            let redial = self.conns.borrow().get(&conn).filter(|e| e.outgoing).map(|e| e.addr);
-            self.forget(conn);
-            self.drain_actions();
-            if let (false, Some(addr)) = (handshake_done, redial) {
-                self.retry_later(addr);
+            if let Some(entry) = self.forget(conn) {
+                if entry.outgoing {
+                    self.dialled_closed(entry.addr, handshake_done);
+                }
             }
+            self.drain_actions();
         }
     }
 
@@ -527,6 +722,7 @@ impl TorrentTask {
         token: u64,
         stream: Rc<PeerStream>,
         wake: Rc<Notify>,
+        mut encrypt: Cipher,
     ) {
         let mut spare = self.ctx.write_buffers.take();
         loop {
@@ -539,6 +735,8 @@ impl TorrentTask {
                 wake.notified().await;
                 continue;
             }
+            // MSE: in place in the outgoing buffer, just before the write.
+            encrypt.apply(&mut spare);
             let (result, buf) = peer_io::write_all(&stream, spare).await;
             spare = buf;
             if result.is_err() {
@@ -553,12 +751,12 @@ impl TorrentTask {
         self.ctx.write_buffers.give(spare);
     }
 
-    fn forget(&self, conn: ConnId) {
-        if let Some(entry) = self.conns.borrow_mut().remove(&conn) {
-            peer_io::shutdown(&entry.stream);
-            entry.wake.notify_one();
-            self.ctx.connections.set(self.ctx.connections.get().saturating_sub(1));
-        }
+    fn forget(&self, conn: ConnId) -> Option<ConnEntry> {
+        let entry = self.conns.borrow_mut().remove(&conn)?;
+        peer_io::shutdown(&entry.stream);
+        entry.wake.notify_one();
+        self.ctx.connections.set(self.ctx.connections.get().saturating_sub(1));
+        Some(entry)
     }
 
     fn close(&self, conn: ConnId) {
@@ -576,7 +774,7 @@ impl TorrentTask {
                 Action::HashPiece { piece, data, expected } => self.hash(piece, data, expected),
                 Action::WritePiece { piece, data } => {
                     let task = self.clone();
-                    tokio_uring::spawn(async move { task.write_piece(piece, data).await });
+                    super::driver::spawn(async move { task.write_piece(piece, data).await });
                 }
                 Action::ReadBlock { conn, request } if self.store.reads_at_once() => {
                     // Straight into the connection's outgoing bytes: no
@@ -597,7 +795,7 @@ impl TorrentTask {
                     let task = self.clone();
                     let buf = self.ctx.block_buffers.take();
                     let token = self.conns.borrow().get(&conn).map(|e| e.token);
-                    tokio_uring::spawn(async move {
+                    super::driver::spawn(async move {
                         let (result, buf) = task
                             .store
                             .read_block(request.piece, request.begin, request.length, buf)
@@ -623,7 +821,13 @@ impl TorrentTask {
                 }
                 Action::Disconnect { conn, reason, ban } => {
                     tracing::debug!(conn, %reason, ban, "disconnect");
-                    self.forget(conn);
+                    if let Some(entry) = self.forget(conn) {
+                        // The core dropped it (a breach, a timeout, bad
+                        // data): a failure for the book, or gone if banned.
+                        if entry.outgoing && !self.stopped.get() {
+                            self.dialled_closed(entry.addr, false);
+                        }
+                    }
                 }
                 Action::Completed => {
                     if self.status.completed.swap(true, Ordering::AcqRel) {
@@ -653,7 +857,7 @@ impl TorrentTask {
         match self.ctx.hash_pool.submit(piece, data, expected) {
             Ok(verdict) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     let Ok(verdict) = verdict.await else { return };
                     task.core.borrow_mut().piece_hashed(verdict.index, verdict.ok, verdict.buf);
                     task.drain_actions();
@@ -664,7 +868,7 @@ impl TorrentTask {
             // is not produced by single submissions.)
             Err(SubmitError::Full(data)) | Err(SubmitError::BatchTooLarge { jobs: data, .. }) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     tokio::time::sleep(HASH_RETRY).await;
                     if !task.stopped.get() {
                         task.hash(piece, data, expected);

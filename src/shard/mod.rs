@@ -1,4 +1,5 @@
-//! Shards: one pinned thread per core, each running its own io_uring runtime.
+//! Shards: one pinned thread per core, each running its own runtime: io_uring,
+//! or epoll where the kernel refuses io_uring ([`driver`]).
 //!
 //! Layer: driver. A torrent lives on exactly one shard,
 //! [`InfoHash::shard`](crate::metainfo::InfoHash::shard)`(shard_count)`; shards
@@ -6,12 +7,18 @@
 //! through their bounded command channel ([`SHARD_COMMAND_QUEUE`]).
 //!
 //! Invariants:
-//! * every shard thread runs exactly one `tokio_uring` runtime for its whole
-//!   life, so everything spawned on it is `!Send` and single-threaded;
-//! * a shard thread never blocks on anything but its own ring;
-//! * [`ShardSet::shutdown`] returns only after every shard thread has exited.
+//! * every shard thread runs exactly one runtime ([`driver::ShardRuntime`])
+//!   for its whole life, so everything spawned on it is `!Send` and
+//!   single-threaded; every shard of a process runs the same driver;
+//! * a shard thread never blocks on anything but its own runtime;
+//! * [`ShardSet::shutdown`] returns only after every shard thread has exited,
+//!   and never waits on a full command queue: the stop signal is a
+//!   [`Notify`] beside the queue, not a command in it;
+//! * outgoing connects in flight in the whole process stay within
+//!   [`Config::max_half_open_total`] (one counter shared by every shard).
 
 pub mod bufpool;
+pub mod driver;
 pub mod engine;
 pub mod probe;
 
@@ -24,7 +31,9 @@ use crate::net::trackers::{PeerReceiver, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
 use engine::{ShardContext, TorrentSpec, TorrentTask};
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
@@ -104,7 +113,7 @@ pub enum ShardError {
     Uring(#[from] probe::UringUnavailable),
     #[error("cannot spawn shard thread {index}: {source}")]
     Spawn { index: usize, source: std::io::Error },
-    #[error("shard {index} failed to start its io_uring runtime: {source}")]
+    #[error("shard {index} failed to start its runtime: {source}")]
     Runtime { index: usize, source: std::io::Error },
     #[error("shard {index} has stopped")]
     Stopped { index: usize },
@@ -113,37 +122,54 @@ pub enum ShardError {
 /// A running shard: its command channel and thread.
 struct Shard {
     commands: mpsc::Sender<ShardCommand>,
+    /// Tells the shard to stop even when its command queue is full.
+    stop: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// All shards of the process.
 pub struct ShardSet {
     shards: Vec<Shard>,
+    driver: driver::DriverSelection,
 }
 
 impl ShardSet {
-    /// Probes io_uring, then starts one shard thread per `inits` entry (at
+    /// Chooses the I/O driver (`config.io_driver` of the first init; see
+    /// [`driver::select`]), then starts one shard thread per `inits` entry (at
     /// least one), shard `i` pinned to core `i % cores` when `pin` is set.
     pub fn start(inits: Vec<ShardInit>, pin: bool) -> Result<ShardSet, ShardError> {
-        probe::probe_io_uring()?;
         let count = inits.len();
         assert!(count > 0, "at least one shard");
+        let selection = driver::select(inits[0].config.io_driver)?;
+        if selection.driver == driver::IoDriver::Epoll
+            && inits[0].config.io_driver == crate::config::IoDriverChoice::Auto
+        {
+            tracing::warn!(reason = %selection.reason, "I/O driver: epoll (io_uring refused)");
+        } else {
+            tracing::info!(driver = %selection.driver, reason = %selection.reason, "I/O driver");
+        }
+        let io_driver = selection.driver;
         let cores =
             if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut shards = Vec::with_capacity(count);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
+        let process_half_open = Arc::new(AtomicUsize::new(0));
         for (index, init) in inits.into_iter().enumerate() {
             let (commands, receiver) = mpsc::channel(SHARD_COMMAND_QUEUE);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
+            let stop = Arc::new(Notify::new());
+            let signals = ShardSignals { stop: stop.clone(), half_open: process_half_open.clone() };
             let thread = std::thread::Builder::new()
                 .name(format!("ringbit-shard-{index}"))
-                .spawn(move || shard_thread(index, count, core, init, receiver, ready))
+                .spawn(move || {
+                    shard_thread(index, count, core, io_driver, init, signals, receiver, ready)
+                })
                 .map_err(|source| ShardError::Spawn { index, source })?;
-            shards.push(Shard { commands, thread: Some(thread) });
+            shards.push(Shard { commands, stop, thread: Some(thread) });
         }
         drop(ready_tx);
-        let mut set = ShardSet { shards };
+        let mut set = ShardSet { shards, driver: selection };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
@@ -158,6 +184,11 @@ impl ShardSet {
             }
         }
         Ok(set)
+    }
+
+    /// The I/O driver every shard runs, and why it was chosen.
+    pub fn driver(&self) -> &driver::DriverSelection {
+        &self.driver
     }
 
     /// Number of shards.
@@ -200,10 +231,12 @@ impl ShardSet {
             .collect()
     }
 
-    /// Stops every shard and joins its thread.
+    /// Stops every shard and joins its thread. Never waits on a full
+    /// command queue: the stop signal goes beside it.
     pub fn shutdown(&mut self) {
         for shard in &self.shards {
-            let _ = shard.commands.try_send(ShardCommand::Shutdown);
+            // A permit is stored if the shard is not waiting right now.
+            shard.stop.notify_one();
         }
         for shard in &mut self.shards {
             if let Some(thread) = shard.thread.take() {
@@ -219,16 +252,25 @@ impl Drop for ShardSet {
     }
 }
 
+/// What [`ShardSet`] shares with each shard thread.
+struct ShardSignals {
+    stop: Arc<Notify>,
+    /// Outgoing connects in flight in the whole process.
+    half_open: Arc<AtomicUsize>,
+}
+
 fn shard_thread(
     index: usize,
     count: usize,
     core: Option<core_affinity::CoreId>,
+    io_driver: driver::IoDriver,
     init: ShardInit,
+    signals: ShardSignals,
     mut commands: mpsc::Receiver<ShardCommand>,
     ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
 ) {
     let pinned = core.filter(|&c| core_affinity::set_for_current(c)).map(|c| c.id);
-    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+    let runtime = match driver::ShardRuntime::new(io_driver) {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = ready.send((index, Err(error)));
@@ -244,12 +286,18 @@ fn shard_thread(
         init.hash_pool,
         init.trackers,
         init.rate_limits,
+        signals.half_open,
+        io_driver,
     );
+    let stop = signals.stop;
     let mut peers = init.peers;
     runtime.block_on(async move {
         let info = ShardInfo { index, core: pinned };
         loop {
             let command = tokio::select! {
+                // First: a shutdown is never stuck behind a full queue.
+                biased;
+                _ = stop.notified() => break,
                 command = commands.recv() => command,
                 Some(batch) = recv_peers(&mut peers) => {
                     let task = ctx.torrents.borrow().get(&batch.info_hash).cloned();
@@ -266,21 +314,39 @@ fn shard_thread(
                 }
                 ShardCommand::AddTorrent(spec, reply) => {
                     let info_hash = spec.torrent.metainfo.info_hash;
-                    if ctx.torrents.borrow().contains_key(&info_hash) {
+                    if ctx.torrents.borrow().contains_key(&info_hash)
+                        || ctx.opening.borrow().contains_key(&info_hash)
+                    {
                         let _ = reply.send(Err(format!("torrent {info_hash} is already running")));
                         continue;
                     }
-                    match TorrentTask::start(ctx.clone(), *spec) {
-                        Ok(task) => {
-                            ctx.torrents.borrow_mut().insert(info_hash, task);
-                            let _ = reply.send(Ok(()));
+                    // Opening storage waits on the ring (or the blocking
+                    // pool): run it beside the loop so other torrents go on.
+                    ctx.opening.borrow_mut().insert(info_hash, false);
+                    let ctx = ctx.clone();
+                    driver::spawn(async move {
+                        let started = TorrentTask::start(ctx.clone(), *spec).await;
+                        let removed = ctx.opening.borrow_mut().remove(&info_hash) == Some(true);
+                        match started {
+                            Ok(task) if removed => {
+                                task.stop(None).await;
+                                let _ = reply.send(Err(format!("torrent {info_hash} was removed")));
+                            }
+                            Ok(task) => {
+                                ctx.torrents.borrow_mut().insert(info_hash, task);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(error) => {
+                                let _ = reply.send(Err(error));
+                            }
                         }
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                        }
-                    }
+                    });
                 }
                 ShardCommand::RemoveTorrent(info_hash, reply) => {
+                    // Still opening: it stops as soon as its storage is open.
+                    if let Some(removed) = ctx.opening.borrow_mut().get_mut(&info_hash) {
+                        *removed = true;
+                    }
                     let task = ctx.torrents.borrow_mut().remove(&info_hash);
                     if let Some(task) = task {
                         task.stop(None).await;
@@ -292,7 +358,7 @@ fn shard_thread(
                     match task {
                         // Flushing waits on the ring: run it beside the loop.
                         Some(task) => {
-                            tokio_uring::spawn(async move {
+                            driver::spawn(async move {
                                 let _ = reply.send(Some(task.checkpoint().await));
                             });
                         }
@@ -316,7 +382,13 @@ fn shard_thread(
                 ShardCommand::Incoming(peer) => {
                     let task = ctx.torrents.borrow().get(&peer.handshake.info_hash).cloned();
                     if let Some(task) = task {
-                        task.accept(peer.stream, peer.addr, peer.handshake);
+                        task.accept(
+                            peer.stream,
+                            peer.addr,
+                            peer.handshake,
+                            peer.cipher,
+                            peer.leftover,
+                        );
                     }
                 }
                 ShardCommand::Shutdown => break,
@@ -329,9 +401,10 @@ fn shard_thread(
         }
     });
     // Operations still in flight (a connect to an unresponsive address) would
-    // make dropping the runtime wait for them (tokio-uring waits for every
-    // operation on drop). The shard is done: leave the ring open until the
-    // process exits rather than hang shutdown.
+    // make dropping an io_uring runtime wait for them (tokio-uring waits for
+    // every operation on drop), and an epoll runtime would wait for its
+    // blocking pool. The shard is done: leave the runtime until the process
+    // exits rather than hang shutdown.
     std::mem::forget(runtime);
     tracing::debug!(shard = index, "shard stopped");
 }
@@ -370,5 +443,38 @@ mod tests {
             set.send_blocking(0, ShardCommand::Shutdown),
             Err(ShardError::Stopped { .. })
         ));
+    }
+
+    /// Goal: shutdown never hangs, even when a shard's command queue is full
+    /// (a `Shutdown` command could not be queued then).
+    #[test]
+    fn shutdown_does_not_wait_on_a_full_queue() {
+        let init = ShardInit {
+            config: Arc::new(Config::default()),
+            hash_pool: Arc::new(HashPool::new(1).unwrap()),
+            trackers: None,
+            peers: None,
+            rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+        };
+        let mut set = ShardSet::start(vec![init], false).unwrap();
+        let sender = set.sender(0);
+        let mut full = false;
+        for _ in 0..10 * SHARD_COMMAND_QUEUE {
+            let (tx, _rx) = oneshot::channel();
+            if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(ShardCommand::Info(tx))
+            {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the queue never filled: the test proves nothing");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            set.shutdown();
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("shutdown hung with a full command queue");
     }
 }

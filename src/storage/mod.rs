@@ -30,8 +30,12 @@
 //! * after [`PieceStore::flush`] returns `Ok` every byte written before it is
 //!   durable, for every backend.
 
+pub mod align;
+pub mod blocking;
 pub mod check;
 mod mmap;
+pub mod partfile;
+mod pool;
 mod pwrite;
 pub mod resume;
 mod uring;
@@ -45,19 +49,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use mmap::MmapStore;
+pub use pool::PoolStore;
 pub use pwrite::PwriteStore;
-pub use uring::UringStore;
+pub use uring::{UringStore, DIRECT_IO_ALIGN};
 
 /// Which I/O path a [`PieceStore`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backend {
     /// memmap2 shared mappings of preallocated files.
     Mmap,
-    /// `pwrite`/`pread` through std's `FileExt` (synchronous, completes at once).
-    #[default]
+    /// `pwrite`/`pread` through std's `FileExt` (synchronous, completes at
+    /// once, on the calling thread).
     Pwrite,
-    /// tokio-uring `write_at`/`read_at` with owned buffers; needs a
-    /// tokio-uring runtime (a shard thread).
+    /// Every file operation through the shard's io_uring (open, read,
+    /// write, `O_DIRECT` writes, fdatasync, close); needs a tokio-uring
+    /// runtime (a shard thread). The default: a shard never blocks on disk.
+    #[default]
     Uring,
 }
 
@@ -73,12 +80,11 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// Backend for writing verified pieces, from `benches/storage.rs` (see
-/// docs/storage.md): on a quiet machine whole-piece `pwrite` was fastest
-/// (2.9 GiB/s into the page cache vs 1.5 for io_uring with 4 in flight and 0.6
-/// for mmap), and a full disk is ENOSPC, never SIGBUS. [`Backend::Uring`]
-/// stays available for when dirty-page throttling would block a shard.
-pub const DEFAULT_WRITE_BACKEND: Backend = Backend::Pwrite;
+/// Backend of the download engine: io_uring, so that no piece write,
+/// upload read, fdatasync, open or close blocks a shard thread (the pwrite
+/// backend made every peer of a shard wait while one ran; see
+/// docs/storage.md).
+pub const DEFAULT_WRITE_BACKEND: Backend = Backend::Uring;
 
 /// How file space is reserved at [`PieceStore::open`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -90,6 +96,17 @@ pub enum Allocation {
     /// Only set the file length (sparse files); a full disk surfaces at the
     /// write that hits it. Refused by the mmap backend.
     Sparse,
+}
+
+impl std::str::FromStr for Allocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Allocation, String> {
+        match s {
+            "full" => Ok(Allocation::Full),
+            "sparse" => Ok(Allocation::Sparse),
+            other => Err(format!("unknown allocation {other:?} (full, sparse)")),
+        }
+    }
 }
 
 /// How long the pwrite backend keeps a file open after its last read or
@@ -106,9 +123,13 @@ pub const FILE_IDLE_CLOSE_SECS: u64 = 60;
 pub struct StoreOptions {
     pub backend: Backend,
     pub allocation: Allocation,
-    /// Pwrite backend: close a file unused for this long (see
-    /// [`PieceStore::close_idle_files`]); the other backends hold every file.
+    /// Pwrite and io_uring backends: close a file unused for this long (see
+    /// [`PieceStore::close_idle_files`]); mmap holds every file.
     pub file_idle_close_secs: u64,
+    /// io_uring backend: write verified pieces with `O_DIRECT` where aligned
+    /// (no copy into the page cache). Turned off for a store whose
+    /// filesystem refuses it (EINVAL: tmpfs before Linux 6.6), with a log line.
+    pub direct_io: bool,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +138,7 @@ impl Default for StoreOptions {
             backend: Backend::default(),
             allocation: Allocation::default(),
             file_idle_close_secs: FILE_IDLE_CLOSE_SECS,
+            direct_io: true,
         }
     }
 }
@@ -133,7 +155,7 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: cannot preallocate ({source}); the mmap backend never maps sparse files, use the pwrite backend on this filesystem", path.display())]
+    #[error("{}: cannot preallocate: this filesystem refuses fallocate ({source}); use sparse allocation here (`--allocation sparse`, or `allocation = \"sparse\"` in the daemon config) with the pwrite or io_uring backend", path.display())]
     PreallocateUnsupported {
         path: PathBuf,
         #[source]
@@ -141,6 +163,8 @@ pub enum StorageError {
     },
     #[error("{} exists and is not a regular file", path.display())]
     NotAFile { path: PathBuf },
+    #[error("{} exists with another size ({size} bytes, the torrent says {expected}): not cut, nothing written", path.display())]
+    ExistsWithAnotherSize { path: PathBuf, size: u64, expected: u64 },
     #[error("piece {index} out of range ({count} pieces)")]
     PieceOutOfRange { index: u32, count: u32 },
     #[error("piece {index} buffer is {got} bytes, expected {expected}")]
@@ -197,6 +221,22 @@ pub fn file_completion(info: &Info, layout: &Layout, have: &Bitfield) -> Vec<Fil
         .collect()
 }
 
+/// Drops the pages of the file at `path` from the page cache, after
+/// writing back its dirty ones (`fdatasync`, then `POSIX_FADV_DONTNEED` on
+/// the whole file). For cold-cache benchmarks: unlike writing to
+/// `/proc/sys/vm/drop_caches` it needs no root and evicts only this file
+/// (pages mapped by a running process stay).
+pub fn drop_page_cache(path: &Path) -> std::io::Result<()> {
+    let file = File::open(path)?;
+    file.sync_data()?;
+    // SAFETY: posix_fadvise on an fd we own; it touches no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// Where file `entry` of a torrent lives under `dir`.
 pub fn file_path(dir: &Path, path: &[String]) -> PathBuf {
     let mut p = dir.to_path_buf();
@@ -225,8 +265,10 @@ pub(crate) fn open_files(
 }
 
 /// Creates (or opens) the non-pad file `entry` read-write under `dir`, with
-/// its directories, cuts it to the torrent's length if longer, and reserves
-/// its space. Zero-length files are created and left empty.
+/// its directories, and reserves its space. A file longer than the torrent
+/// says is refused, never cut: it is not one ringbit wrote (ringbit sizes
+/// every file at its first open). Zero-length files are created and left
+/// empty.
 pub(crate) fn open_file(
     entry: &FileEntry,
     dir: &Path,
@@ -250,9 +292,11 @@ pub(crate) fn open_file(
     let meta = file.metadata().map_err(|e| StorageError::io(&path, "stat", e, 0))?;
     let current = meta.len();
     if current > entry.length {
-        // Longer than the torrent says: the extra bytes are not ours to
-        // serve; cut them so the mapping and reads match the layout.
-        file.set_len(entry.length).map_err(|e| StorageError::io(&path, "truncate", e, 0))?;
+        return Err(StorageError::ExistsWithAnotherSize {
+            path,
+            size: current,
+            expected: entry.length,
+        });
     }
     // A file already at its length with every block allocated (a
     // complete download) needs no fallocate, and must not get one:
@@ -397,6 +441,8 @@ pub enum PieceStore {
     Mmap(MmapStore),
     Pwrite(PwriteStore),
     Uring(UringStore),
+    /// The pwrite store on the runtime's blocking pool (epoll shards).
+    Pool(PoolStore),
 }
 
 impl PieceStore {
@@ -434,9 +480,87 @@ impl PieceStore {
                 Ok(PieceStore::Pwrite(PwriteStore::new(layout, paths, idle_close)))
             }
             Backend::Uring => {
-                let files = open_files(info, dir, options.allocation)?;
-                Ok(PieceStore::Uring(UringStore::new(layout, files)?))
+                // Created and sized here with std calls (this may run outside
+                // a ring: tools, tests); the shard uses `open_async`.
+                let mut paths = Vec::with_capacity(info.files.len());
+                for entry in &info.files {
+                    let path = match entry.pad {
+                        true => None,
+                        false => Some(open_file(entry, dir, options.allocation)?.path),
+                    };
+                    paths.push(path);
+                }
+                let idle_close = Duration::from_secs(options.file_idle_close_secs);
+                Ok(PieceStore::Uring(UringStore::new(layout, paths, idle_close, options.direct_io)))
             }
+        }
+    }
+
+    /// [`PieceStore::open`] for a shard: nothing blocks the calling thread.
+    /// io_uring: directories, files and their space are made on the ring
+    /// (`ftruncate` on the blocking pool); pwrite and mmap: the whole open
+    /// runs on the blocking pool ([`blocking`]).
+    pub async fn open_async(
+        info: &std::sync::Arc<crate::metainfo::Metainfo>,
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<PieceStore, StorageError> {
+        if options.backend != Backend::Uring {
+            /// The sync backends' stores, which may cross threads.
+            enum Opened {
+                Mmap(MmapStore),
+                Pwrite(PwriteStore),
+            }
+            let metainfo = info.clone();
+            let dir = dir.to_path_buf();
+            let opened =
+                blocking::run(move || match PieceStore::open(&metainfo.info, &dir, options)? {
+                    PieceStore::Mmap(s) => Ok(Opened::Mmap(s)),
+                    PieceStore::Pwrite(s) => Ok(Opened::Pwrite(s)),
+                    PieceStore::Uring(_) | PieceStore::Pool(_) => unreachable!("not asked for"),
+                })
+                .await
+                .unwrap_or_else(|gone| {
+                    Err(StorageError::Io {
+                        path: PathBuf::new(),
+                        op: "open",
+                        source: std::io::Error::other(gone),
+                    })
+                });
+            return opened.map(|o| match o {
+                Opened::Mmap(s) => PieceStore::Mmap(s),
+                Opened::Pwrite(s) => PieceStore::Pwrite(s),
+            });
+        }
+        let info = &info.info;
+        let layout = Layout::new(info)?;
+        let mut paths = Vec::with_capacity(info.files.len());
+        for entry in &info.files {
+            let path = match entry.pad {
+                true => None,
+                false => Some(uring::prepare_file(entry, dir, options.allocation).await?),
+            };
+            paths.push(path);
+        }
+        let idle_close = Duration::from_secs(options.file_idle_close_secs);
+        Ok(PieceStore::Uring(UringStore::new(layout, paths, idle_close, options.direct_io)))
+    }
+
+    /// [`PieceStore::open_async`] for a shard on the epoll driver: the mmap
+    /// backend as asked, every other one as the pwrite store on the
+    /// runtime's blocking pool ([`PoolStore`]), since there is no ring.
+    pub async fn open_on_pool(
+        info: &std::sync::Arc<crate::metainfo::Metainfo>,
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<PieceStore, StorageError> {
+        let backend = match options.backend {
+            Backend::Mmap => Backend::Mmap,
+            Backend::Pwrite | Backend::Uring => Backend::Pwrite,
+        };
+        match PieceStore::open_async(info, dir, StoreOptions { backend, ..options }).await? {
+            PieceStore::Pwrite(store) => Ok(PieceStore::Pool(PoolStore::new(store))),
+            other => Ok(other),
         }
     }
 
@@ -445,6 +569,7 @@ impl PieceStore {
             PieceStore::Mmap(s) => s.layout(),
             PieceStore::Pwrite(s) => s.layout(),
             PieceStore::Uring(s) => s.layout(),
+            PieceStore::Pool(s) => s.layout(),
         }
     }
 
@@ -453,6 +578,7 @@ impl PieceStore {
             PieceStore::Mmap(_) => Backend::Mmap,
             PieceStore::Pwrite(_) => Backend::Pwrite,
             PieceStore::Uring(_) => Backend::Uring,
+            PieceStore::Pool(_) => Backend::Pwrite,
         }
     }
 
@@ -473,6 +599,7 @@ impl PieceStore {
                 (r, buf)
             }
             PieceStore::Uring(s) => s.write_piece(index, buf).await,
+            PieceStore::Pool(s) => s.write_piece(index, buf).await,
         }
     }
 
@@ -495,13 +622,14 @@ impl PieceStore {
                 (r, buf)
             }
             PieceStore::Uring(s) => s.read_block(index, begin, len, buf).await,
+            PieceStore::Pool(s) => s.read_block(index, begin, len, buf).await,
         }
     }
 
     /// True when reads complete at once (the mmap and pwrite backends), so
     /// [`PieceStore::append_block`] can serve a block with no await.
     pub fn reads_at_once(&self) -> bool {
-        !matches!(self, PieceStore::Uring(_))
+        !matches!(self, PieceStore::Uring(_) | PieceStore::Pool(_))
     }
 
     /// Appends the `len` bytes at `begin` of piece `index` to `out` (the
@@ -519,7 +647,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.append_block(index, begin, len, out),
             PieceStore::Pwrite(s) => s.append_block(index, begin, len, out),
-            PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
+            PieceStore::Uring(_) | PieceStore::Pool(_) => Err(StorageError::NotInUringRuntime),
         }
     }
 
@@ -529,38 +657,46 @@ impl PieceStore {
             PieceStore::Mmap(s) => s.flush(),
             PieceStore::Pwrite(s) => s.flush(),
             PieceStore::Uring(s) => s.flush().await,
+            PieceStore::Pool(s) => s.flush().await,
         }
     }
 
-    /// Pwrite backend: closes the files no read or write touched for at
-    /// least [`StoreOptions::file_idle_close_secs`] before `now` (as seen by
-    /// successive calls; call it periodically), except those written since
-    /// the last [`PieceStore::flush`], which wait for it. The next read or
-    /// write reopens a file. Cheap when no file is open. The mmap and
-    /// io_uring backends hold every file for the store's life: a no-op.
+    /// Pwrite and io_uring backends: closes the files no read or write
+    /// touched for at least [`StoreOptions::file_idle_close_secs`] before
+    /// `now` (as seen by successive calls; call it periodically), except
+    /// those written since the last [`PieceStore::flush`], which wait for it.
+    /// The next read or write reopens a file. Cheap when no file is open.
+    /// The mmap backend holds every file for the store's life: a no-op.
     pub fn close_idle_files(&self, now: Instant) {
-        if let PieceStore::Pwrite(s) = self {
-            s.close_idle_files(now);
+        match self {
+            PieceStore::Pwrite(s) => s.close_idle_files(now),
+            PieceStore::Uring(s) => s.close_idle_files(now),
+            PieceStore::Pool(s) => s.close_idle_files(now),
+            PieceStore::Mmap(_) => {}
         }
     }
 
-    /// Pwrite backend: closes every open file that holds no write since the
-    /// last [`PieceStore::flush`], however recently used (a stopped torrent,
-    /// whose ticker no longer calls [`PieceStore::close_idle_files`]). A
-    /// no-op for the other backends.
+    /// Pwrite and io_uring backends: closes every open file that holds no
+    /// write since the last [`PieceStore::flush`], however recently used (a
+    /// stopped torrent, whose ticker no longer calls
+    /// [`PieceStore::close_idle_files`]). A no-op for mmap.
     pub fn close_clean_files(&self) {
-        if let PieceStore::Pwrite(s) = self {
-            s.close_clean_files();
+        match self {
+            PieceStore::Pwrite(s) => s.close_clean_files(),
+            PieceStore::Uring(s) => s.close_clean_files(),
+            PieceStore::Pool(s) => s.close_clean_files(),
+            PieceStore::Mmap(_) => {}
         }
     }
 
-    /// Files this store holds open now (pwrite: those in use; mmap: the
-    /// mapped ones; io_uring: every non-pad file).
+    /// Files this store holds open now (pwrite and io_uring: those in use;
+    /// mmap: the mapped ones).
     pub fn open_file_count(&self) -> usize {
         match self {
             PieceStore::Mmap(s) => s.open_file_count(),
             PieceStore::Pwrite(s) => s.open_file_count(),
             PieceStore::Uring(s) => s.open_file_count(),
+            PieceStore::Pool(s) => s.open_file_count(),
         }
     }
 
@@ -570,6 +706,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.write_piece(index, buf),
             PieceStore::Pwrite(s) => s.write_piece(index, buf),
+            PieceStore::Pool(s) => s.with_store(|s| s.write_piece(index, buf)),
             PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
         }
     }
@@ -585,6 +722,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.read_block(index, begin, len, buf),
             PieceStore::Pwrite(s) => s.read_block(index, begin, len, buf),
+            PieceStore::Pool(s) => s.with_store(|s| s.read_block(index, begin, len, buf)),
             PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
         }
     }
@@ -616,6 +754,11 @@ mod tests {
             multi_file: true,
             source: None,
         }
+    }
+
+    /// The pwrite backend (tests of its lazy files and sync calls).
+    fn pwrite_options() -> StoreOptions {
+        StoreOptions { backend: Backend::Pwrite, ..Default::default() }
     }
 
     fn stream(len: usize) -> Vec<u8> {
@@ -736,7 +879,7 @@ mod tests {
         // is cut back to what it held (the mmap store would fault: see the
         // module docs).
         let dir = tempfile::tempdir().unwrap();
-        let store = PieceStore::open(&info, dir.path(), StoreOptions::default()).unwrap();
+        let store = PieceStore::open(&info, dir.path(), pwrite_options()).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join("t").join("b"))
@@ -771,7 +914,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = stream(40);
         {
-            let s = PieceStore::open(&info, dir.path(), StoreOptions::default()).unwrap();
+            let s = PieceStore::open(&info, dir.path(), pwrite_options()).unwrap();
             s.write_piece_sync(1, &data[16..32]).unwrap();
         }
         for backend in [Backend::Mmap, Backend::Pwrite] {
@@ -792,14 +935,14 @@ mod tests {
         let mut data = stream(info.total_length as usize);
         data[5..16].fill(0);
         {
-            let store = PieceStore::open(&info, dir, StoreOptions::default()).unwrap();
+            let store = PieceStore::open(&info, dir, pwrite_options()).unwrap();
             for i in 0..store.layout().piece_count() {
                 let s = i as usize * 16;
                 store.write_piece_sync(i, &data[s..(s + 16).min(data.len())]).unwrap();
             }
             futures_lite_block_on(store.flush()).unwrap();
         }
-        let store = PieceStore::open(&info, dir, StoreOptions::default()).unwrap();
+        let store = PieceStore::open(&info, dir, pwrite_options()).unwrap();
         (store, data)
     }
 
@@ -842,7 +985,7 @@ mod tests {
     }
 
     #[test]
-    fn mmap_and_uring_keep_their_files_whatever_the_idle_sweep() {
+    fn mmap_keeps_its_files_whatever_the_idle_sweep() {
         let info = info(16, &[("a", 5, false), ("b", 37, false), ("z", 0, false)]);
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions { backend: Backend::Mmap, ..Default::default() };
@@ -851,14 +994,65 @@ mod tests {
         store.close_idle_files(Instant::now() + 10 * IDLE);
         store.close_clean_files();
         assert_eq!(store.open_file_count(), 2);
-        let info = &info;
-        let path = dir.path();
+    }
+
+    /// The io_uring store opens files on the ring when used, keeps a written
+    /// file open until a flush synced it, and closes idle ones; opened on
+    /// the ring (`open_async`) it makes the same files as the std open.
+    #[test]
+    fn uring_opens_on_demand_closes_when_idle_and_keeps_dirty_files() {
+        let info =
+            info(16, &[("a", 5, false), ("pad", 11, true), ("b", 37, false), ("z", 0, false)]);
+        let mut data = stream(info.total_length as usize);
+        data[5..16].fill(0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let metainfo = std::sync::Arc::new(crate::metainfo::Metainfo {
+            info_hash: crate::metainfo::InfoHash([1; 20]),
+            info: info.clone(),
+            info_bytes: Vec::new(),
+            announce: None,
+            announce_list: Vec::new(),
+            url_list: Vec::new(),
+            creation_date: None,
+            comment: None,
+            created_by: None,
+        });
         tokio_uring::start(async move {
             let options = StoreOptions { backend: Backend::Uring, ..Default::default() };
-            let store = PieceStore::open(info, path, options).unwrap();
-            assert_eq!(store.open_file_count(), 3);
-            store.close_idle_files(Instant::now() + 10 * IDLE);
-            assert_eq!(store.open_file_count(), 3);
+            let store = PieceStore::open_async(&metainfo, &path, options).await.unwrap();
+            assert_eq!(store.open_file_count(), 0, "created and sized, then closed");
+            let t = path.join("t");
+            assert_eq!(std::fs::metadata(t.join("b")).unwrap().len(), 37);
+            assert_eq!(std::fs::metadata(t.join("z")).unwrap().len(), 0);
+            assert!(!t.join("pad").exists());
+            for i in 0..store.layout().piece_count() {
+                let s = i as usize * 16;
+                let (r, _) = store.write_piece(i, data[s..(s + 16).min(data.len())].to_vec()).await;
+                r.unwrap();
+            }
+            assert_eq!(store.open_file_count(), 2);
+            let t0 = Instant::now();
+            store.close_idle_files(t0);
+            store.close_idle_files(t0 + 10 * IDLE);
+            store.close_clean_files();
+            assert_eq!(store.open_file_count(), 2, "dirty: kept for the flush");
+            store.flush().await.unwrap();
+            store.close_idle_files(t0 + 10 * IDLE);
+            assert_eq!(store.open_file_count(), 0, "clean and idle: closed");
+            let (r, buf) = store.read_block(2, 0, 16, Vec::with_capacity(16)).await;
+            assert_eq!(r.unwrap(), 16);
+            assert_eq!(buf, &data[32..48]);
+            let (r, buf) = store.read_block(0, 3, 13, buf).await;
+            assert_eq!(r.unwrap(), 13);
+            assert_eq!(buf, &data[3..16], "pad bytes read as zeros");
+            assert_eq!(store.open_file_count(), 2);
+            // A file deleted while closed is an open error, never re-created.
+            store.close_clean_files();
+            std::fs::remove_file(t.join("b")).unwrap();
+            let (r, _) = store.read_block(2, 0, 16, Vec::new()).await;
+            assert!(matches!(r, Err(StorageError::Io { op: "open", .. })), "{r:?}");
+            assert!(!t.join("b").exists());
         });
     }
 
@@ -921,5 +1115,27 @@ mod tests {
         // The other files still serve.
         assert_eq!(read(&store, 0, 0, 5).unwrap(), &data[..5]);
         assert_eq!(store.open_file_count(), 1);
+    }
+
+    #[test]
+    fn a_longer_existing_file_is_refused_never_cut() {
+        let info = info(16, &[("a", 40, false)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t").join("a");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let theirs: Vec<u8> = (0..100u8).collect();
+        std::fs::write(&path, &theirs).unwrap();
+        for backend in [Backend::Pwrite, Backend::Mmap] {
+            let options = StoreOptions { backend, ..StoreOptions::default() };
+            let r = PieceStore::open(&info, dir.path(), options);
+            assert!(
+                matches!(
+                    r,
+                    Err(StorageError::ExistsWithAnotherSize { size: 100, expected: 40, .. })
+                ),
+                "{backend:?}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), theirs, "{backend:?}: byte-identical");
+        }
     }
 }

@@ -7,7 +7,10 @@
 //!   fsynced, renamed over `<infohash>.resume`, then the directory fsynced, so
 //!   a crash leaves the old state or the new one, never a torn file;
 //! * [`save`] must be called only after [`PieceStore::flush`](super::PieceStore::flush)
-//!   succeeded, so every piece the bitfield claims is durably on disk;
+//!   succeeded, so every piece the bitfield claims is durably on disk; after
+//!   a failed flush, [`save_marked`] claims only the durable pieces and
+//!   leaves the files of the suspect ones unstamped, so the next start
+//!   rechecks them whatever their size and mtime say;
 //! * on load, a file whose size and mtime match its stamp is trusted; a file
 //!   that changed (or appeared, or vanished) gets exactly its pieces
 //!   rechecked; a missing, corrupt, truncated, wrong-version or foreign resume
@@ -57,7 +60,32 @@ pub fn save(
     data_dir: &Path,
     have: &Bitfield,
 ) -> Result<(), StorageError> {
-    let state = ResumeState { info_hash, have: have.clone(), files: stamp_files(info, data_dir) };
+    save_marked(state_dir, info_hash, info, data_dir, have, None)
+}
+
+/// [`save`], with the files holding any byte of a `recheck` piece left
+/// unstamped (`{}`): on load they no longer match what is on disk, so their
+/// pieces are hashed again. For the pieces a failed flush made suspect
+/// ([`crate::resume::Durability::suspect`]): the data the kernel reported
+/// lost may or may not be there, and only a recheck can say.
+pub fn save_marked(
+    state_dir: &Path,
+    info_hash: InfoHash,
+    info: &Info,
+    data_dir: &Path,
+    have: &Bitfield,
+    recheck: Option<&Bitfield>,
+) -> Result<(), StorageError> {
+    let mut files = stamp_files(info, data_dir);
+    if let Some(recheck) = recheck.filter(|r| r.count() > 0) {
+        let layout = Layout::new(info)?;
+        for piece in recheck.iter_ones().filter(|&p| p < layout.piece_count()) {
+            for span in layout.piece_spans(piece) {
+                files[span.file_index] = None;
+            }
+        }
+    }
+    let state = ResumeState { info_hash, have: have.clone(), files };
     let bytes = resume::encode(&state);
     std::fs::create_dir_all(state_dir)
         .map_err(|e| StorageError::io(state_dir, "create directory", e, 0))?;

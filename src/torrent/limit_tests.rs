@@ -342,3 +342,20 @@ fn no_allowed_fast_when_disabled_or_not_negotiated() {
     assert!(names.contains(&"Some(Bitfield)".to_string()), "{names:?}");
     assert!(!names.iter().any(|n| n.starts_with("allowed_fast")), "{names:?}");
 }
+
+/// The piece-buffer byte bound: large pieces allow fewer buffers, never
+/// fewer than `MIN_PIECE_BUFFERS`, never more than `MAX_PIECE_BUFFERS`.
+#[test]
+fn piece_buffers_are_bounded_in_bytes() {
+    let wanted = Bitfield::full(4);
+    let limit = |piece_length: u32| {
+        let params = TorrentParams::for_tests(piece_length, 4);
+        TorrentCore::new(params, TorrentConfig::default(), Bitfield::new(4), &wanted)
+            .unwrap()
+            .max_piece_buffers()
+    };
+    assert_eq!(limit(16 * 1024), MAX_PIECE_BUFFERS, "2048 by bytes, capped by count");
+    assert_eq!(limit(1 << 20), (MAX_PIECE_BUFFER_BYTES >> 20) as usize);
+    assert_eq!(limit(4 << 20), 8);
+    assert_eq!(limit(64 << 20), MIN_PIECE_BUFFERS);
+}

@@ -33,6 +33,10 @@
 //! The failed data of up to [`MAX_EVIDENCE_PIECES`] such pieces is kept with
 //! the sender of each block; when the piece later passes, every peer whose
 //! block differed from the good one is banned (proven bad data).
+//! Bans are for such evidence only and expire after
+//! [`TorrentConfig::ban_duration`] ([`bans`]); a protocol slip or breach (a
+//! malformed message, too many requests, a bad `have`) disconnects without a
+//! ban, since an IP ban also hits every user behind the same NAT.
 //!
 //! Rate limits: each direction has the torrent's own token bucket
 //! ([`TorrentConfig::upload_rate_limit_bytes_per_s`],
@@ -57,7 +61,8 @@
 //! Invariants:
 //! * a piece is in `have` only after it hashed correctly *and* was written;
 //! * a piece buffer exists only for a piece with received blocks that is not
-//!   yet handed to the driver; at most [`MAX_PIECE_BUFFERS`] exist at once;
+//!   yet handed to the driver; at most [`MAX_PIECE_BUFFERS`] exist at once
+//!   (fewer for large pieces: [`MAX_PIECE_BUFFER_BYTES`]);
 //! * every connection in `conns` with a completed handshake is known to the
 //!   picker under its unique [`PeerKey`];
 //! * reads for uploads in flight per connection stay below
@@ -71,10 +76,11 @@
 use crate::bitfield::Bitfield;
 use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot, TokenBucket};
 use crate::metainfo::InfoHash;
-use crate::peer::{Event, Peer, PeerConfig, PeerSetup, Violation, MAX_ALLOWED_FAST};
+use crate::peer::{Event, Peer, PeerConfig, PeerSetup, MAX_ALLOWED_FAST};
 use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError, BLOCK_SIZE};
 use crate::rate_limit::{burst_bytes, ProcessRateLimits, SharedTokenBucket, RATE_LIMIT_MIN_WAKE};
 use crate::wire::{allowed_fast_set, BlockRequest, Handshake, PeerId, ALLOWED_FAST_SET_SIZE};
+use bans::BanList;
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -90,6 +96,13 @@ pub type ConnId = usize;
 /// A peer that sent data for this many pieces that failed their hash is banned.
 pub const MAX_BAD_PIECES_PER_PEER: u32 = 2;
 
+/// Banned IPs remembered per torrent at most (the ban ending first makes
+/// room).
+pub const MAX_BANNED_IPS: usize = 4096;
+
+/// How long a ban lasts by default (see [`TorrentConfig::ban_duration`]).
+pub const DEFAULT_BAN_DURATION: Duration = Duration::from_secs(3600);
+
 /// Pieces on parole (failed with blocks from several peers) at most; past it
 /// a failed piece is re-requested from anyone, as before parole.
 pub const MAX_PAROLE_PIECES: usize = 256;
@@ -101,6 +114,17 @@ pub const MAX_EVIDENCE_PIECES: usize = 8;
 /// Most piece buffers (complete or being filled) held at once; past it no new
 /// piece is started until one is written. Bounds memory per torrent.
 pub const MAX_PIECE_BUFFERS: usize = 512;
+
+/// Most bytes of piece buffers (complete or being filled) held at once, as a
+/// count of pieces never below [`MIN_PIECE_BUFFERS`]. With `O_DIRECT` writes
+/// a piece waits for the disk, not the page cache: without a byte bound a
+/// leecher faster than its disk held hundreds of MiB of pieces. 32 MiB is
+/// 40 ms at 800 MB/s, many times one piece write's latency.
+pub const MAX_PIECE_BUFFER_BYTES: u64 = 32 << 20;
+
+/// Piece buffers allowed whatever their size (16 MiB pieces still download
+/// from several peers at once).
+pub const MIN_PIECE_BUFFERS: usize = 4;
 
 /// A peer whose requests for pieces we do not have (we sent it our bitfield:
 /// an honest peer never asks) were rejected this many times is dropped.
@@ -148,6 +172,12 @@ pub struct TorrentConfig {
     /// Pieces in the allowed-fast set each fast-extension peer gets (BEP 6;
     /// at most [`MAX_ALLOWED_FAST`]), 0 = none.
     pub allowed_fast_set_size: u32,
+    /// How long an IP banned for bad data stays banned.
+    pub ban_duration: Duration,
+    /// Re-run the choker this often.
+    pub choke_interval_ms: u64,
+    /// Rotate the optimistic unchoke this often.
+    pub optimistic_unchoke_interval_ms: u64,
 }
 
 impl Default for TorrentConfig {
@@ -161,6 +191,9 @@ impl Default for TorrentConfig {
             upload_rate_limit_bytes_per_s: 0,
             download_rate_limit_bytes_per_s: 0,
             allowed_fast_set_size: ALLOWED_FAST_SET_SIZE,
+            ban_duration: DEFAULT_BAN_DURATION,
+            choke_interval_ms: ChokerConfig::default().rechoke_interval_ms,
+            optimistic_unchoke_interval_ms: ChokerConfig::default().optimistic_interval_ms,
         }
     }
 }
@@ -339,7 +372,12 @@ pub struct TorrentCore {
     senders: HashMap<u32, BlockSenders>,
     /// Failed data and its senders of pieces on parole (see module docs).
     evidence: HashMap<u32, (Vec<u8>, BlockSenders)>,
-    banned: HashSet<std::net::IpAddr>,
+    /// IPs refused for a while: only for evidence of bad data (see
+    /// [`bans`]); protocol slips disconnect without a ban.
+    pub(crate) banned: BanList,
+    /// The latest `now` the driver gave (bans made by calls without a time
+    /// start from it).
+    clock: Option<Instant>,
     actions: VecDeque<Action>,
     completed_reported: bool,
     stats: TorrentStats,
@@ -378,10 +416,11 @@ impl TorrentCore {
             config.seed,
         )?;
         let piece_count = picker.piece_count();
-        let choker = Choker::new(choker_config(config.upload_slots), config.seed)?;
+        let choker = Choker::new(choker_config(&config), config.seed)?;
         if params.piece_hashes.len() != piece_count as usize {
             return Err(TorrentError::PieceCount(params.piece_hashes.len(), piece_count));
         }
+        let banned = BanList::new(config.ban_duration, MAX_BANNED_IPS);
         let upload_gate = RateGate::new(config.upload_rate_limit_bytes_per_s);
         let download_gate = RateGate::new(config.download_rate_limit_bytes_per_s);
         let mut core = TorrentCore {
@@ -400,7 +439,8 @@ impl TorrentCore {
             parole: HashMap::new(),
             senders: HashMap::new(),
             evidence: HashMap::new(),
-            banned: HashSet::new(),
+            banned,
+            clock: None,
             actions: VecDeque::new(),
             completed_reported: false,
             stats: TorrentStats::default(),
@@ -458,10 +498,20 @@ impl TorrentCore {
         self.conns.iter().map(|(_, c)| c.addr)
     }
 
+    /// Connections at once at most.
+    pub fn max_connections(&self) -> usize {
+        self.config.max_connections
+    }
+
+    /// Whether `ip` is banned now (bad data; bans expire).
+    pub fn is_banned(&self, ip: std::net::IpAddr) -> bool {
+        self.banned.is_banned(ip, self.clock)
+    }
+
     /// Whether a new connection to `addr` may be opened.
     pub fn wants_connection(&self, addr: SocketAddr) -> bool {
         self.conns.len() < self.config.max_connections
-            && !self.banned.contains(&addr.ip())
+            && !self.banned.is_banned(addr.ip(), self.clock)
             && !self.conns.iter().any(|(_, c)| c.addr == addr)
     }
 
@@ -504,6 +554,7 @@ impl TorrentCore {
 
     /// We opened a connection to `addr`; our handshake is queued.
     pub fn connected(&mut self, addr: SocketAddr, now: Instant) -> Result<ConnId, TorrentError> {
+        self.observe(now);
         self.admit(addr)?;
         let peer = Peer::outgoing(self.config.peer.clone(), self.peer_setup(addr), now);
         Ok(self.insert(addr, peer, now))
@@ -516,6 +567,7 @@ impl TorrentCore {
         handshake: Handshake,
         now: Instant,
     ) -> Result<ConnId, TorrentError> {
+        self.observe(now);
         self.admit(addr)?;
         let setup = self.peer_setup(addr);
         let conn = match Peer::incoming(self.config.peer.clone(), setup.clone(), handshake, now) {
@@ -533,8 +585,12 @@ impl TorrentCore {
         Ok(conn)
     }
 
+    fn observe(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
     fn admit(&self, addr: SocketAddr) -> Result<(), TorrentError> {
-        if self.banned.contains(&addr.ip()) {
+        if self.banned.is_banned(addr.ip(), self.clock) {
             return Err(TorrentError::Banned(addr));
         }
         if self.conns.len() >= self.config.max_connections {
@@ -581,7 +637,7 @@ impl TorrentCore {
     fn drop_conn(&mut self, conn: ConnId, reason: String, ban: bool) {
         if let Some(c) = self.forget(conn) {
             if ban {
-                self.banned.insert(c.addr.ip());
+                self.banned.ban(c.addr.ip(), self.clock);
             }
             self.push(Action::Disconnect { conn, reason, ban });
         }
@@ -593,6 +649,7 @@ impl TorrentCore {
     /// keeps the rest and offers them again with more appended. A protocol
     /// violation queues [`Action::Disconnect`] and returns the whole length.
     pub fn on_data(&mut self, conn: ConnId, buf: &[u8], now: Instant) -> usize {
+        self.observe(now);
         let mut consumed = 0;
         loop {
             let Some(c) = self.conns.get_mut(conn) else { return buf.len() };
@@ -610,7 +667,10 @@ impl TorrentCore {
                     // Events queued before the violation are still processed
                     // (a verified block is not thrown away), then the peer goes.
                     self.process_events(conn, &buf[consumed..], now);
-                    self.drop_conn(conn, violation.to_string(), is_hostile(&violation));
+                    // A protocol slip or breach is not evidence of bad data:
+                    // disconnect, never ban (an IP ban also hits every user
+                    // behind the same NAT).
+                    self.drop_conn(conn, violation.to_string(), false);
                     return buf.len();
                 }
             }
@@ -672,6 +732,8 @@ impl TorrentCore {
 
     /// Timers: call about once a second.
     pub fn tick(&mut self, now: Instant) {
+        self.observe(now);
+        self.banned.expire(now);
         let conns: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in conns {
             let Some(c) = self.conns.get_mut(conn) else { continue };
@@ -737,7 +799,7 @@ impl TorrentCore {
             }
             Event::Have(piece) => {
                 if self.picker.peer_has(key, piece).is_err() {
-                    self.drop_conn(conn, format!("bad have {piece}"), true);
+                    self.drop_conn(conn, format!("bad have {piece}"), false);
                     return;
                 }
                 self.update_interest(conn, now);
@@ -781,7 +843,7 @@ impl TorrentCore {
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                self.drop_conn(conn, format!("block {block:?}: {e}"), true);
+                self.drop_conn(conn, format!("block {block:?}: {e}"), false);
                 return;
             }
         };
@@ -1094,7 +1156,15 @@ impl TorrentCore {
         self.scratch_unchoke = unchoke;
     }
 
+    /// Piece buffers allowed at once: [`MAX_PIECE_BUFFERS`], and no more
+    /// than [`MAX_PIECE_BUFFER_BYTES`] of them (at least [`MIN_PIECE_BUFFERS`]).
+    fn max_piece_buffers(&self) -> usize {
+        let by_bytes = MAX_PIECE_BUFFER_BYTES / u64::from(self.params.piece_length.max(1));
+        usize::try_from(by_bytes).unwrap_or(usize::MAX).clamp(MIN_PIECE_BUFFERS, MAX_PIECE_BUFFERS)
+    }
+
     fn fill_requests(&mut self, conn: ConnId, now: Instant) {
+        let max_buffers = self.max_piece_buffers();
         let c = &mut self.conns[conn];
         if !c.joined || !c.peer.am_interested() {
             return;
@@ -1103,7 +1173,7 @@ impl TorrentCore {
         if slots == 0 {
             return;
         }
-        if self.buffers.len() + self.in_flight.len() >= MAX_PIECE_BUFFERS {
+        if self.buffers.len() + self.in_flight.len() >= max_buffers {
             return;
         }
         let choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());
@@ -1167,7 +1237,7 @@ impl TorrentCore {
             for conn in guilty {
                 self.drop_conn(conn, format!("sent a bad block of piece {piece}"), true);
             }
-            self.banned.insert(addr.ip());
+            self.banned.ban(addr.ip(), self.clock);
         }
     }
 
@@ -1221,28 +1291,21 @@ impl TorrentCore {
     }
 }
 
-/// The choker's slots for `upload_slots` peers unchoked at once: one of them
-/// optimistic when there are two or more.
-fn choker_config(upload_slots: usize) -> ChokerConfig {
+/// The choker's slots for `upload_slots` peers unchoked at once (one of
+/// them optimistic when there are two or more) and its intervals.
+fn choker_config(config: &TorrentConfig) -> ChokerConfig {
+    let upload_slots = config.upload_slots;
     let optimistic_slots = usize::from(upload_slots >= 2);
     ChokerConfig {
         upload_slots: upload_slots.max(1) - optimistic_slots,
         optimistic_slots,
+        rechoke_interval_ms: config.choke_interval_ms,
+        optimistic_interval_ms: config.optimistic_unchoke_interval_ms,
         ..ChokerConfig::default()
     }
 }
 
-/// Violations that mean a broken or hostile peer rather than a timeout.
-fn is_hostile(violation: &Violation) -> bool {
-    !matches!(
-        violation,
-        Violation::HandshakeTimeout(_)
-            | Violation::Idle(_)
-            | Violation::ConnectedToSelf
-            | Violation::WrongInfoHash(_)
-    )
-}
-
+pub mod bans;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

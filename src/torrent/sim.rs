@@ -397,7 +397,7 @@ fn corrupt_peer_is_banned_and_download_completes_from_honest_seeder() {
         let leecher = &swarm.nodes[1].core;
         assert!(leecher.stats().pieces_failed >= 1, "seed {seed}: garbage never detected");
         assert!(
-            leecher.banned.contains(&Swarm::addr(2).ip()),
+            leecher.banned.contains(Swarm::addr(2).ip()),
             "seed {seed}: corrupt peer not banned"
         );
     }
@@ -423,7 +423,7 @@ fn honest_peer_sharing_failed_pieces_with_a_corrupt_peer_is_never_struck() {
             "seed {seed}: the honest seeder was struck for the corrupt peer's blocks"
         );
         assert!(
-            leecher.banned.contains(&Swarm::addr(2).ip()),
+            leecher.banned.contains(Swarm::addr(2).ip()),
             "seed {seed}: corrupt peer not banned"
         );
     }

@@ -13,6 +13,7 @@ use super::{bounded_text, push_compact_v4, push_compact_v6, AnnounceReply, Annou
 use super::{ScrapeStats, MAX_PEERS_PER_REPLY};
 use crate::bencode::{self, DecodeError, DecodeLimits, Value};
 use crate::metainfo::InfoHash;
+use crate::mse::EncryptionPolicy;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -75,6 +76,11 @@ pub fn announce_url(base: &str, request: &AnnounceRequest) -> String {
     if let Some(id) = &request.tracker_id {
         url.push_str("&trackerid=");
         url.extend(percent_encode(id, QUERY_VALUE));
+    }
+    match request.encryption {
+        EncryptionPolicy::Disable => {}
+        EncryptionPolicy::Prefer => url.push_str("&supportcrypto=1"),
+        EncryptionPolicy::Require => url.push_str("&supportcrypto=1&requirecrypto=1"),
     }
     url
 }
@@ -251,6 +257,7 @@ mod tests {
             numwant: Some(50),
             key: 0xab,
             tracker_id: Some(b"t 1".to_vec()),
+            encryption: EncryptionPolicy::Disable,
         }
     }
 
@@ -270,6 +277,13 @@ mod tests {
         let url = announce_url("https://t.example/a.php?passkey=xyz", &periodic);
         assert!(url.starts_with("https://t.example/a.php?passkey=xyz&info_hash="), "{url}");
         assert!(!url.contains("event=") && !url.contains("numwant") && !url.contains("trackerid"));
+        assert!(!url.contains("crypto"), "encryption disabled: no crypto parameters");
+        periodic.encryption = EncryptionPolicy::Prefer;
+        let url = announce_url("http://t/announce", &periodic);
+        assert!(url.ends_with("&supportcrypto=1") && !url.contains("requirecrypto"), "{url}");
+        periodic.encryption = EncryptionPolicy::Require;
+        let url = announce_url("http://t/announce", &periodic);
+        assert!(url.ends_with("&supportcrypto=1&requirecrypto=1"), "{url}");
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct AnnounceRequest {
     pub key: u32,
     /// The `tracker id` a previous HTTP reply gave (BEP 3), sent back.
     pub tracker_id: Option<Vec<u8>>,
+    /// Our MSE policy, told to HTTP trackers as `supportcrypto=1`
+    /// (`prefer`) or also `requirecrypto=1` (`require`).
+    pub encryption: crate::mse::EncryptionPolicy,
 }
 
 /// A successful announce reply, whatever the transport.

@@ -258,6 +258,7 @@ mod tests {
             numwant: Some(50),
             key: 0xdead_beef,
             tracker_id: None,
+            encryption: crate::mse::EncryptionPolicy::Prefer,
         }
     }
 

@@ -50,10 +50,10 @@ pub const PIECE_HEADER_LEN: usize = 13;
 /// a ut_pex message at most a few KiB. 1 MiB leaves room for all of them.
 pub const DEFAULT_MAX_EXTENDED_LEN: u32 = 1024 * 1024;
 
-/// Most pieces a torrent may have (so its bitfield is at most 512 KiB). A
-/// torrent with 16 KiB pieces and this many pieces holds 64 GiB; real torrents
-/// use bigger pieces for bigger payloads.
-pub const MAX_PIECES: u32 = 4 * 1024 * 1024;
+/// Most pieces a torrent may have (so its bitfield is at most 512 KiB): the
+/// metainfo limit ([`crate::metainfo::PIECE_COUNT_MAX`]), so a torrent that
+/// loads never meets a bitfield bound smaller than itself.
+pub const MAX_PIECES: u32 = crate::metainfo::PIECE_COUNT_MAX;
 
 /// Size limits the decoder enforces; a torrent sets them from its piece count.
 ///

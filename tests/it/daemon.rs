@@ -34,7 +34,7 @@ const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(20);
 const HTTP_REPLY_MAX: u64 = 64 << 20;
 
 /// The bencoded single-file torrent of `data` (16 KiB pieces).
-fn small_torrent(name: &str, data: &[u8], announce: &str) -> Vec<u8> {
+pub(crate) fn small_torrent(name: &str, data: &[u8], announce: &str) -> Vec<u8> {
     let mut pieces = Vec::new();
     for chunk in data.chunks(16384) {
         pieces.extend_from_slice(&ringbit::hash::sha1(chunk));
@@ -72,16 +72,18 @@ fn make_torrents(count: usize, data_dir: &Path, torrent_dir: &Path, announce: &s
         .collect()
 }
 
-/// A running `ringbit daemon`.
-struct Daemon {
-    guard: ChildGuard,
+/// A running `ringbit daemon` (also used by `api_security`).
+pub(crate) struct Daemon {
+    pub(crate) guard: ChildGuard,
     log: PathBuf,
-    api: SocketAddr,
+    pub(crate) api: SocketAddr,
+    /// The API token the daemon wrote to `<state_dir>/api.token`.
+    pub(crate) token: String,
 }
 
 impl Daemon {
     /// Starts the daemon on `config` and waits until its API answers.
-    fn start(config: &Path, state_dir: &Path, log: &Path) -> Daemon {
+    pub(crate) fn start(config: &Path, state_dir: &Path, log: &Path) -> Daemon {
         let _ = std::fs::remove_file(state_dir.join("api.addr"));
         let log_file = std::fs::File::create(log).unwrap();
         let mut cmd = helpers::ringbit();
@@ -105,19 +107,27 @@ impl Daemon {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         let api = std::fs::read_to_string(&addr_file).unwrap().trim().parse().unwrap();
-        Daemon { guard, log, api }
+        let token =
+            std::fs::read_to_string(state_dir.join("api.token")).unwrap().trim().to_string();
+        Daemon { guard, log, api, token }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        http(self.api, method, path, content_type, body)
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        http(self.api, method, path, content_type, body, Some(&self.token))
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
     }
 
-    fn get_json(&self, path: &str) -> serde_json::Value {
+    pub(crate) fn get_json(&self, path: &str) -> serde_json::Value {
         let (code, body) = self.request("GET", path, "", b"");
         assert_eq!(code, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).unwrap()
@@ -128,7 +138,7 @@ impl Daemon {
     }
 
     /// Waits until start-up is done and `seeding` torrents are seeding.
-    fn wait_seeding(&self, seeding: usize) -> serde_json::Value {
+    pub(crate) fn wait_seeding(&self, seeding: usize) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         let ok = helpers::wait_until(STARTUP_LIMIT, || {
             last = self.status();
@@ -139,7 +149,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then a clean exit 0 within STOP_LIMIT.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         self.guard.signal(libc::SIGTERM);
         let status = self.guard.wait_timeout(STOP_LIMIT);
         let log = self.log();
@@ -152,13 +162,15 @@ impl Daemon {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close` (with the API token when
+/// given); returns status and body.
 fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     content_type: &str,
     body: &[u8],
+    token: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
     let mut s = TcpStream::connect_timeout(&addr, HTTP_LIMIT).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(HTTP_LIMIT)).unwrap();
@@ -169,6 +181,9 @@ fn http(
     );
     if !content_type.is_empty() {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
@@ -200,15 +215,25 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A daemon config in `dir` whose `download_roots` is `dir` itself.
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    write_config_roots(dir, &[dir], extra)
+}
+
+/// A daemon config in `dir` with `download_roots` (API clients may put data
+/// and read .torrent files only there).
+fn write_config_roots(dir: &Path, roots: &[&Path], extra: &str) -> PathBuf {
     let config = dir.join("daemon.toml");
+    let roots: Vec<String> =
+        roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
     std::fs::write(
         &config,
         format!(
             "state_dir = \"state\"\ndownload_dir = \"data\"\nwatch_dir = \"watch\"\n\
              watch_interval_secs = 1\nlisten_port = {}\nbind = [\"127.0.0.1\"]\n\
-             api_listen = \"127.0.0.1:0\"\nshards = 2\n{extra}",
-            helpers::free_port()
+             api_listen = \"127.0.0.1:0\"\nshards = 2\ndownload_roots = [{}]\n{extra}",
+            helpers::free_port(),
+            roots.join(", ")
         ),
     )
     .unwrap();
@@ -392,9 +417,20 @@ fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
     let watched = dir.path().join("watch").join("item-00002.torrent");
     std::fs::copy(staging.join("item-00002.torrent"), &watched).unwrap();
     daemon.wait_seeding(3);
+    // A watch directory that reads empty (an unmounted mount point, an NFS
+    // hiccup) removes nothing, however many scans (1 s apart) see it so.
+    let resume_file = state.join(format!("{}.resume", hashes[2]));
+    assert!(resume_file.exists());
     std::fs::remove_file(&watched).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(daemon.status()["torrents"], 3, "{}", daemon.log());
+    assert!(resume_file.exists(), "resume state kept");
+    // With the directory plainly there (another file in it), the file's
+    // absence over several scans removes its torrent.
+    std::fs::write(dir.path().join("watch").join(".keep"), b"").unwrap();
     let gone = helpers::wait_until(Duration::from_secs(20), || daemon.status()["torrents"] == 2);
     assert!(gone, "{}", daemon.log());
+    assert!(!resume_file.exists(), "a removed torrent's resume state goes");
 
     // Remove through the API; the data stays.
     assert_eq!(daemon.request("DELETE", &one, "", b"").0, 200);
@@ -457,8 +493,10 @@ fn daemon_downloads_checkpoints_and_survives_sigkill() {
     let torrent = payload.torrent_http(&tracker);
     let _seeder = Seeder::start(PeerKind::Libtorrent, &torrent, &payload.save_path, Some(&tracker));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let torrents = torrent.parent().unwrap();
+    let config = write_config_roots(
         dir.path(),
+        &[dir.path(), torrents],
         "trackers = true\nresume_save_interval_secs = 1\n[limits]\nfile_idle_close_secs = 1\n",
     );
     let state = dir.path().join("state");
@@ -516,7 +554,11 @@ fn daemon_opens_data_files_only_while_serving_them() {
     let payload = Payload::multi_file("multi", 18);
     let torrent = payload.torrent(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "trackers = false\n[limits]\nfile_idle_close_secs = 1\n");
+    let config = write_config_roots(
+        dir.path(),
+        &[dir.path(), torrent.parent().unwrap()],
+        "trackers = false\n[limits]\nfile_idle_close_secs = 1\n",
+    );
     let state = dir.path().join("state");
     let daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
     let body = format!(

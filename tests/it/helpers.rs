@@ -20,6 +20,15 @@ pub fn ringbit() -> Command {
     cmd
 }
 
+/// `ringbit` run by a wrapper command (`wrapper... ringbit ARGS`), with the
+/// same environment as [`ringbit`].
+pub fn ringbit_under(wrapper: &[&str]) -> Command {
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_ringbit"));
+    cmd.env("XDG_STATE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"));
+    cmd
+}
+
 /// Runs a command to completion with a bound on how long it may take; panics
 /// with its output when it overruns.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {

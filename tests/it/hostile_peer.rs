@@ -27,6 +27,11 @@ use crate::download::{Ringbit, DOWNLOAD_LIMIT};
 use crate::helpers;
 use crate::peers::{Payload, PeerKind, Seeder};
 
+/// ringbit's flags against a [`ScriptedPeer`]: it speaks plaintext only.
+pub const PLAINTEXT_ARGS: [&str; 3] = ["--no-trackers", "--encryption", "disable"];
+/// The same, seeding on after the download.
+const PLAINTEXT_SEED_ARGS: [&str; 4] = ["--seed", "--no-trackers", "--encryption", "disable"];
+
 /// How long any scripted peer thread lives at most.
 pub const PEER_LIFETIME_LIMIT: Duration = Duration::from_secs(300);
 /// Read/write timeout of a scripted connection (it polls the stop flag).
@@ -337,7 +342,9 @@ fn download_beside_hostile_peers(hostile: &[Behaviour]) {
     // Hostile peers first: ringbit meets them before (or while) the honest one serves.
     let mut peers: Vec<SocketAddr> = bad.iter().map(|p| p.addr).collect();
     peers.push(seeder.addr());
-    let mut rb = Ringbit::download(&torrent, out.path(), &peers, &["--seed", "--no-trackers"]);
+    // The scripted peer speaks plaintext only (it would hang up on MSE, and
+    // the plaintext retry would reach it after the honest seeder finished).
+    let mut rb = Ringbit::download(&torrent, out.path(), &peers, &PLAINTEXT_SEED_ARGS);
     rb.wait_log("download complete", DOWNLOAD_LIMIT);
     for (peer, behaviour) in bad.iter().zip(hostile) {
         assert!(
@@ -401,9 +408,319 @@ fn scripted_honest_peer_seeds_ringbit() {
     let torrent = payload.torrent(&[]);
     let peer = ScriptedPeer::start(&payload, Behaviour::Honest { block_delay: Duration::ZERO });
     let out = tempfile::tempdir().unwrap();
-    let mut rb = Ringbit::download(&torrent, out.path(), &[peer.addr], &["--no-trackers"]);
+    let mut rb = Ringbit::download(&torrent, out.path(), &[peer.addr], &PLAINTEXT_ARGS);
     let status = rb.wait_exit(DOWNLOAD_LIMIT);
     assert!(status.success(), "ringbit failed: {status}; log:\n{}", rb.log_tail());
     helpers::assert_same_tree(&payload.save_path, out.path());
     assert_eq!(peer.served_bytes(), payload.total_size);
+}
+
+// ---------------------------------------------------------------------------
+// A leecher that pipelines past our `reqq`
+
+/// Requests a pipelining leecher keeps in flight: well past the `reqq` of 500
+/// that ringbit advertises, as the real client that was banned did.
+const OVER_REQQ_WINDOW: usize = 800;
+
+/// What [`pipelining_leecher`] saw.
+#[derive(Debug, Default)]
+struct PipelineOutcome {
+    blocks: usize,
+    rejects: usize,
+    /// Times it re-sent requests left unanswered (ignored past the queue).
+    resends: usize,
+    closed_by_seeder: bool,
+}
+
+/// Downloads `data` (pieces of `piece_length`) from `addr` over one
+/// connection, keeping [`OVER_REQQ_WINDOW`] requests outstanding; `fast`
+/// sets the fast-extension bit (then overflow requests are rejected and
+/// re-requested at once; without it they are ignored, and re-sent after a
+/// quiet second). Checks every block against `data`.
+fn pipelining_leecher(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    data: &[u8],
+    piece_length: usize,
+    fast: bool,
+) -> PipelineOutcome {
+    const BLOCK: usize = 16 * 1024;
+    let deadline = Instant::now() + DOWNLOAD_LIMIT;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hs = Vec::with_capacity(68);
+    hs.extend_from_slice(b"\x13BitTorrent protocol");
+    hs.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, if fast { 0x04 } else { 0 }]);
+    hs.extend_from_slice(&info_hash);
+    hs.extend_from_slice(b"-HX0001-pipelining00");
+    s.write_all(&hs).unwrap();
+    s.write_all(&[0, 0, 0, 1, 2]).unwrap(); // interested
+    let mut theirs = [0u8; 68];
+    s.read_exact(&mut theirs).unwrap();
+    assert_eq!(theirs[28..48], info_hash);
+
+    // Every block of the payload, requested in order.
+    let mut todo: std::collections::VecDeque<(u32, u32, u32)> = (0..data.len())
+        .step_by(BLOCK)
+        .map(|at| {
+            let piece = (at / piece_length) as u32;
+            let begin = (at % piece_length) as u32;
+            (piece, begin, BLOCK.min(data.len() - at) as u32)
+        })
+        .collect();
+    let total = todo.len();
+    let mut outstanding = std::collections::HashSet::new();
+    let mut got = vec![false; total];
+    let mut outcome = PipelineOutcome::default();
+    let mut unchoked = false;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let request = |r: (u32, u32, u32)| {
+        let mut m = Vec::with_capacity(17);
+        m.extend_from_slice(&13u32.to_be_bytes());
+        m.push(6);
+        m.extend_from_slice(&r.0.to_be_bytes());
+        m.extend_from_slice(&r.1.to_be_bytes());
+        m.extend_from_slice(&r.2.to_be_bytes());
+        m
+    };
+    while outcome.blocks < total {
+        assert!(Instant::now() < deadline, "pipelining leecher too slow: {outcome:?}");
+        if unchoked && outstanding.len() < OVER_REQQ_WINDOW && !todo.is_empty() {
+            let mut out = Vec::new();
+            while outstanding.len() < OVER_REQQ_WINDOW {
+                let Some(r) = todo.pop_front() else { break };
+                outstanding.insert(r);
+                out.extend_from_slice(&request(r));
+            }
+            if s.write_all(&out).is_err() {
+                outcome.closed_by_seeder = true;
+                return outcome;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                outcome.closed_by_seeder = true;
+                return outcome;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // A quiet second with requests out: those were ignored (a
+                // plain peer's requests past the queue): ask again.
+                if unchoked && todo.is_empty() && !outstanding.is_empty() {
+                    outcome.resends += 1;
+                    todo.extend(outstanding.drain());
+                }
+                continue;
+            }
+            Err(_) => {
+                outcome.closed_by_seeder = true;
+                return outcome;
+            }
+        }
+        let mut at = 0;
+        while buf.len() - at >= 4 {
+            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            assert!(len <= MAX_INCOMING_MESSAGE_BYTES, "a {len}-byte message");
+            if buf.len() - at < 4 + len {
+                break;
+            }
+            let body = &buf[at + 4..at + 4 + len];
+            at += 4 + len;
+            if len == 0 {
+                continue;
+            }
+            let field = |i: usize| u32::from_be_bytes(body[i..i + 4].try_into().unwrap());
+            match body[0] {
+                1 => unchoked = true,
+                0 => unchoked = false,
+                7 => {
+                    let (piece, begin) = (field(1), field(5));
+                    let block = &body[9..];
+                    let r = (piece, begin, block.len() as u32);
+                    assert!(outstanding.remove(&r), "a block never asked for: {r:?}");
+                    let offset = piece as usize * piece_length + begin as usize;
+                    assert_eq!(block, &data[offset..offset + block.len()], "wrong data");
+                    let index = offset / BLOCK;
+                    assert!(!got[index], "block {index} twice");
+                    got[index] = true;
+                    outcome.blocks += 1;
+                }
+                16 => {
+                    let r = (field(1), field(5), field(9));
+                    assert!(outstanding.remove(&r), "a reject for no request: {r:?}");
+                    outcome.rejects += 1;
+                    todo.push_back(r);
+                }
+                _ => {}
+            }
+        }
+        buf.drain(..at);
+    }
+    outcome
+}
+
+/// Goal: a leecher that keeps more requests in flight than the `reqq` we
+/// advertise is served or rejected, never disconnected or banned, and its
+/// download completes (issue 11 §3: a real client was banned for this after
+/// 150 MiB of a 1 GiB download and never came back).
+/// Setup: 16 MiB single file (256 KiB pieces) seeded by `ringbit seed`; a
+/// scripted leecher with the fast extension keeps 800 requests outstanding
+/// (reqq is 500), re-requesting each rejected block; then one without the
+/// fast extension does the same, re-sending requests left unanswered.
+/// Check: both get every block, byte-identical, over their one connection;
+/// the fast one saw rejects (the overflow really happened); a later
+/// connection from the same IP is still accepted (no ban).
+#[test]
+fn a_leecher_pipelining_past_reqq_is_served_and_never_banned() {
+    let payload = Payload::single_file("pipelined.bin", 16 << 20, 18);
+    let torrent = payload.torrent(&[]);
+    let seed = crate::seeding::RingbitSeed::start(&torrent, &payload.save_path, &[], None);
+    let data = std::fs::read(payload.save_path.join(&payload.name)).unwrap();
+    let info_hash = hex20(&payload.info_hash);
+    let piece_length = payload.piece_length as usize;
+    let fast = pipelining_leecher(seed.addr(), info_hash, &data, piece_length, true);
+    assert!(
+        !fast.closed_by_seeder,
+        "the seeder dropped the fast leecher: {fast:?}\n{}",
+        seed.log_text()
+    );
+    assert!(fast.rejects > 0, "no request was past the queue: the test proves nothing ({fast:?})");
+    let plain = pipelining_leecher(seed.addr(), info_hash, &data, piece_length, false);
+    assert!(
+        !plain.closed_by_seeder,
+        "the seeder dropped the plain leecher: {plain:?}\n{}",
+        seed.log_text()
+    );
+    assert!(plain.resends > 0, "no request was ignored: the test proves nothing ({plain:?})");
+    // Still welcome: a new connection gets the seeder's handshake.
+    let mut again = TcpStream::connect_timeout(&seed.addr(), Duration::from_secs(10)).unwrap();
+    again.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hs = Vec::with_capacity(68);
+    hs.extend_from_slice(b"\x13BitTorrent protocol");
+    hs.extend_from_slice(&[0; 8]);
+    hs.extend_from_slice(&info_hash);
+    hs.extend_from_slice(b"-HX0001-pipelining01");
+    again.write_all(&hs).unwrap();
+    let mut theirs = [0u8; 68];
+    again.read_exact(&mut theirs).expect("the same IP is refused after pipelining");
+    drop(again);
+    seed.stop_ok();
+}
+
+// ---------------------------------------------------------------------------
+// Unreachable peers
+
+/// A network namespace of the test's own, with loopback up and a route to
+/// `10.213.0.0/24` through a tun device nobody reads: SYNs sent there vanish
+/// (nothing leaves the namespace), so connects hang as they do to a host
+/// that drops packets. Deleted on drop.
+struct DropNetns {
+    name: String,
+}
+
+impl DropNetns {
+    fn create() -> DropNetns {
+        let name = format!("rbit-drop-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {} (this test needs root and iproute2 to create a network namespace)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = DropNetns { name };
+        let n = ns.name.as_str();
+        ip(&["netns", "exec", n, "ip", "link", "set", "lo", "up"]);
+        ip(&["netns", "exec", n, "ip", "tuntap", "add", "dev", "t0", "mode", "tun"]);
+        ip(&["netns", "exec", n, "ip", "addr", "add", "10.213.0.1/24", "dev", "t0"]);
+        ip(&["netns", "exec", n, "ip", "link", "set", "t0", "up"]);
+        ns
+    }
+}
+
+impl Drop for DropNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Goal: thousands of dials to peers that never answer keep ringbit's open
+/// fds under the half-open bound (issue 11 §2: a timed-out io_uring connect
+/// kept its socket until the kernel's SYN timeout, about two minutes).
+/// Setup: a network namespace of our own where 10.213.0.0/24 routes into a
+/// tun device nobody reads (SYNs vanish); `ringbit download` runs inside it
+/// with 2,500 `--peer 10.213.0.2:N` and a 100 ms connect timeout.
+/// Check: while at least 1,500 connects time out, ringbit's open fds never
+/// exceed what it had before dialing plus the per-torrent half-open bound
+/// (16) plus a small slack; then it stops cleanly on SIGINT.
+#[test]
+fn unreachable_peers_keep_open_fds_under_the_bound() {
+    const DIALS: usize = 1500;
+    const HALF_OPEN_PER_TORRENT: usize = 16;
+    const SLACK_FDS: usize = 8;
+    let netns = DropNetns::create();
+    let payload = Payload::single_file("unreachable.bin", 1 << 20, 16);
+    let torrent = payload.torrent(&[]);
+    let out = tempfile::tempdir().unwrap();
+    let log = out.path().join("ringbit.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &netns.name])
+        .arg(env!("CARGO_BIN_EXE_ringbit"))
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "ringbit::shard::engine=debug")
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(out.path().join("data"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--no-trackers", "--shards", "1"])
+        .args(["--connect-timeout-ms", "100", "--state-dir"])
+        .arg(out.path().join("state"));
+    for port in 1..=2500u16 {
+        cmd.args(["--peer", &format!("10.213.0.2:{port}")]);
+    }
+    cmd.stdin(std::process::Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+    // `ip netns exec` execs the command: the pid is ringbit's.
+    let mut rb = helpers::ChildGuard::spawn("ringbit in netns", &mut cmd);
+    let pid = rb.pid();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = || log_text().matches("connect failed").count();
+    // The fds it holds before its first connect ends: listener, ring,
+    // storage and the first connects are all open by then.
+    assert!(
+        helpers::wait_until(Duration::from_secs(30), || failed() > 0),
+        "no connect ever timed out:\n{}",
+        log_text()
+    );
+    let baseline = open_fds(pid).expect("ringbit is running");
+    let mut most = baseline;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while failed() < DIALS {
+        assert!(Instant::now() < deadline, "only {} dials in 120 s:\n{}", failed(), log_text());
+        let now_open = open_fds(pid).expect("ringbit exited");
+        most = most.max(now_open);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        most <= baseline + HALF_OPEN_PER_TORRENT + SLACK_FDS,
+        "open fds grew from {baseline} to {most} over {} timed-out connects",
+        failed()
+    );
+    rb.signal(libc::SIGINT);
+    let status = rb.wait_timeout(Duration::from_secs(30)).expect("ringbit ignored SIGINT");
+    assert_eq!(status.code(), Some(130), "interrupted download exits 130:\n{}", log_text());
 }

@@ -7,14 +7,19 @@
 
 mod helpers;
 
+mod api_security;
 mod daemon;
 mod dht;
 mod download;
+mod drivers;
+mod durability;
+mod encryption;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
 mod seeding;
 mod storage;
+mod syscalls;
 mod trackers;
 mod wire;

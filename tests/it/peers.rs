@@ -54,6 +54,32 @@ const ARIA2_COMMON: &[&str] = &[
     "--check-certificate=false",
 ];
 
+/// libtorrent settings for a peer that speaks only MSE/PE (`enc_policy`
+/// forced = 0; `allowed_enc_level` rc4 = 2, both = 3): a seeder that insists
+/// on an RC4 payload, a leecher that takes either.
+const LT_FORCED_RC4: &[&str] =
+    &["out_enc_policy=0", "in_enc_policy=0", "allowed_enc_level=2", "prefer_rc4=true"];
+const LT_FORCED_BOTH: &[&str] = &["out_enc_policy=0", "in_enc_policy=0", "allowed_enc_level=3"];
+/// libtorrent settings for a peer without MSE: it hangs up on an MSE
+/// handshake (`enc_policy` disabled = 2).
+const LT_DISABLED: &[&str] = &["out_enc_policy=2", "in_enc_policy=2"];
+/// aria2 flags for a peer that speaks only MSE with RC4.
+const ARIA2_REQUIRE_CRYPTO: &[&str] = &["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"];
+/// transmission's `encryption` setting: 0 prefer plaintext, 2 required.
+const TRANSMISSION_PLAINTEXT: u32 = 0;
+const TRANSMISSION_REQUIRED: u32 = 2;
+
+/// Whether a real peer may talk plaintext or must use MSE/PE (issue 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crypto {
+    /// Each peer's usual settings in this harness (plaintext handshakes).
+    Usual,
+    /// Only MSE/PE handshakes, RC4 payload where the peer can insist on it.
+    Required,
+    /// No MSE at all: an MSE handshake is refused (libtorrent only).
+    Disabled,
+}
+
 /// Which real peer to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerKind {
@@ -402,7 +428,7 @@ impl Proc {
 /// transmission-cli's config dir: settings.json for loopback, and the `-f`
 /// script that writes `marker` when the torrent is complete (after the
 /// download, or after verifying existing data when seeding).
-fn transmission_config(dir: &Path, port: u16, marker: &Path) -> (PathBuf, PathBuf) {
+fn transmission_config(dir: &Path, port: u16, marker: &Path, crypto: Crypto) -> (PathBuf, PathBuf) {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     let settings = serde_json::json!({
@@ -412,7 +438,11 @@ fn transmission_config(dir: &Path, port: u16, marker: &Path) -> (PathBuf, PathBu
         "pex-enabled": false,
         "port-forwarding-enabled": false,
         // 0 = prefer plaintext (transmission has no flag for this in -g mode).
-        "encryption": 0,
+        "encryption": match crypto {
+            Crypto::Usual => TRANSMISSION_PLAINTEXT,
+            Crypto::Required => TRANSMISSION_REQUIRED,
+            Crypto::Disabled => panic!("transmission cannot refuse MSE"),
+        },
         "peer-port": port,
         "bind-address-ipv4": "127.0.0.1",
         "bind-address-ipv6": "::1",
@@ -434,8 +464,8 @@ fn transmission_config(dir: &Path, port: u16, marker: &Path) -> (PathBuf, PathBu
     (config, script)
 }
 
-fn transmission_cmd(dir: &Path, port: u16, marker: &Path) -> Command {
-    let (config, script) = transmission_config(dir, port, marker);
+fn transmission_cmd(dir: &Path, port: u16, marker: &Path, crypto: Crypto) -> Command {
+    let (config, script) = transmission_config(dir, port, marker, crypto);
     let mut cmd = Command::new(helpers::require_tool("transmission-cli"));
     // No -e flag: settings.json's "encryption": 0 (prefer plaintext) holds.
     cmd.arg("-g")
@@ -448,10 +478,24 @@ fn transmission_cmd(dir: &Path, port: u16, marker: &Path) -> Command {
     cmd
 }
 
-fn aria2_cmd() -> Command {
+fn aria2_cmd(crypto: Crypto) -> Command {
     let mut cmd = Command::new(helpers::require_tool("aria2c"));
     cmd.args(ARIA2_COMMON);
+    match crypto {
+        Crypto::Usual => {}
+        Crypto::Required => {
+            cmd.args(ARIA2_REQUIRE_CRYPTO);
+        }
+        Crypto::Disabled => panic!("aria2 cannot refuse MSE"),
+    }
     cmd
+}
+
+/// `--set NAME=VALUE` for each libtorrent setting.
+fn lt_settings(cmd: &mut Command, settings: &[&str]) {
+    for s in settings {
+        cmd.args(["--set", s]);
+    }
 }
 
 fn lt_extra() -> Command {
@@ -485,6 +529,19 @@ impl Seeder {
         data_dir: &Path,
         tracker: Option<&Opentracker>,
     ) -> Seeder {
+        Seeder::start_with(kind, torrent, data_dir, tracker, Crypto::Usual)
+    }
+
+    /// [`Seeder::start`] with a choice of [`Crypto`] (`Required`: libtorrent
+    /// forced with RC4 only, transmission `encryption: 2`, aria2
+    /// `--bt-require-crypto`, ringbit `--encryption require`).
+    pub fn start_with(
+        kind: PeerKind,
+        torrent: &Path,
+        data_dir: &Path,
+        tracker: Option<&Opentracker>,
+        crypto: Crypto,
+    ) -> Seeder {
         let before = tracker.map(|t| {
             let hash = TorrentInfo::read(torrent).info_hash;
             let (s, l) = scrape(t, &hash).unwrap_or_else(|e| panic!("scrape: {e}"));
@@ -497,11 +554,16 @@ impl Seeder {
             PeerKind::Libtorrent => {
                 let mut cmd = lt_extra();
                 cmd.arg("seed").arg(torrent).arg(data_dir).args(["--port", &port.to_string()]);
+                match crypto {
+                    Crypto::Usual => {}
+                    Crypto::Required => lt_settings(&mut cmd, LT_FORCED_RC4),
+                    Crypto::Disabled => lt_settings(&mut cmd, LT_DISABLED),
+                }
                 Proc::spawn(kind, dir, &mut cmd, true)
             }
             PeerKind::Transmission => {
                 let marker = dir.path().join("verified");
-                let mut cmd = transmission_cmd(dir.path(), port, &marker);
+                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto);
                 cmd.arg("-w").arg(data_dir).arg(torrent);
                 let mut p = Proc::spawn(kind, dir, &mut cmd, false);
                 // It announces while verifying: only a verified transmission
@@ -515,7 +577,7 @@ impl Seeder {
                 p
             }
             PeerKind::Aria2 => {
-                let mut cmd = aria2_cmd();
+                let mut cmd = aria2_cmd(crypto);
                 cmd.args([
                     "--bt-seed-unverified=true",
                     "--seed-ratio=0.0",
@@ -530,6 +592,15 @@ impl Seeder {
             PeerKind::Ringbit => {
                 let mut cmd = helpers::ringbit();
                 cmd.arg("seed").arg(torrent).arg(data_dir).args(["--port", &port.to_string()]);
+                match crypto {
+                    Crypto::Usual => {}
+                    Crypto::Required => {
+                        cmd.args(["--encryption", "require"]);
+                    }
+                    Crypto::Disabled => {
+                        cmd.args(["--encryption", "disable"]);
+                    }
+                }
                 Proc::spawn(kind, dir, &mut cmd, false)
             }
         };
@@ -622,6 +693,21 @@ impl Leecher {
         peers: &[SocketAddr],
         tracker: Option<&Opentracker>,
     ) -> Leecher {
+        Leecher::start_with(kind, torrent, out_dir, peers, tracker, Crypto::Usual)
+    }
+
+    /// [`Leecher::start`] with a choice of [`Crypto`] (`Required`: libtorrent
+    /// forced, RC4 or plaintext payload, through `lt_extra.py leech`;
+    /// transmission `encryption: 2`; aria2 `--bt-require-crypto`; ringbit
+    /// `--encryption require`).
+    pub fn start_with(
+        kind: PeerKind,
+        torrent: &Path,
+        out_dir: &Path,
+        peers: &[SocketAddr],
+        tracker: Option<&Opentracker>,
+        crypto: Crypto,
+    ) -> Leecher {
         std::fs::create_dir_all(out_dir).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = helpers::free_port();
@@ -631,8 +717,17 @@ impl Leecher {
         let started = Instant::now();
         let mut proc_ = match kind {
             PeerKind::Libtorrent => {
-                let mut cmd = helpers::lt_tool();
+                // lt_tool has no settings; lt_extra's leech takes --set.
+                let mut cmd = match crypto {
+                    Crypto::Usual => helpers::lt_tool(),
+                    Crypto::Required | Crypto::Disabled => lt_extra(),
+                };
                 cmd.arg("leech").arg(torrent).arg(out_dir).args(["--port", &port.to_string()]);
+                match crypto {
+                    Crypto::Usual => {}
+                    Crypto::Required => lt_settings(&mut cmd, LT_FORCED_BOTH),
+                    Crypto::Disabled => lt_settings(&mut cmd, LT_DISABLED),
+                }
                 // The harness bounds the wait (wait_complete); this only stops
                 // an orphan.
                 cmd.args(["--timeout", "3600"]);
@@ -647,12 +742,12 @@ impl Leecher {
                     "transmission never dials 127.0.0.1 peers: start it with no peers and have \
                      the seeder dial leecher.addr()"
                 );
-                let mut cmd = transmission_cmd(dir.path(), port, &marker);
+                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto);
                 cmd.arg("-w").arg(out_dir).arg(torrent);
                 Proc::spawn(kind, dir, &mut cmd, false)
             }
             PeerKind::Aria2 => {
-                let mut cmd = aria2_cmd();
+                let mut cmd = aria2_cmd(crypto);
                 cmd.args(["--seed-time=0", "--file-allocation=none"])
                     .arg(format!("--listen-port={port}"))
                     .arg("-d")
@@ -682,6 +777,15 @@ impl Leecher {
                     .arg("-o")
                     .arg(out_dir)
                     .args(["--port", &port.to_string()]);
+                match crypto {
+                    Crypto::Usual => {}
+                    Crypto::Required => {
+                        cmd.args(["--encryption", "require"]);
+                    }
+                    Crypto::Disabled => {
+                        cmd.args(["--encryption", "disable"]);
+                    }
+                }
                 for p in &peer_args {
                     cmd.args(["--peer", p]);
                 }

@@ -31,7 +31,7 @@ const REANNOUNCE_SECS: &str = "2";
 const PIECE_LOG2: u32 = 18;
 
 /// A running `ringbit seed`.
-struct RingbitSeed {
+pub(crate) struct RingbitSeed {
     guard: ChildGuard,
     port: u16,
     log: PathBuf,
@@ -41,7 +41,7 @@ struct RingbitSeed {
 impl RingbitSeed {
     /// Starts seeding and returns once it listens and, with `tracker`, once
     /// opentracker counts it as a seeder of `info_hash`.
-    fn start(
+    pub(crate) fn start(
         torrent: &Path,
         data_dir: &Path,
         extra: &[&str],
@@ -80,11 +80,11 @@ impl RingbitSeed {
         seed
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -99,7 +99,7 @@ impl RingbitSeed {
     }
 
     /// Stops it and asserts it exited 0 having uploaded something.
-    fn stop_ok(self) {
+    pub(crate) fn stop_ok(self) {
         let (status, log) = self.stop();
         assert!(status.success(), "ringbit seed exited {status}:\n{log}");
         assert!(log.contains("stopped seeding"), "no final line:\n{log}");
