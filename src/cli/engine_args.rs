@@ -5,6 +5,7 @@
 
 use super::units::parse_size;
 use crate::config::{Config, EncryptionPolicy, IoDriverChoice};
+use crate::net::dht::{parse_bootstrap_list, DhtOptions};
 use crate::session::SessionOptions;
 use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
@@ -30,6 +31,21 @@ pub struct EngineArgs {
     /// Do not announce to the torrent's trackers (use only --peer and incoming peers).
     #[arg(long)]
     pub no_trackers: bool,
+
+    /// Do not use the mainline DHT (BEP 5) to find peers or be found.
+    #[arg(long)]
+    pub no_dht: bool,
+
+    /// DHT router or node to bootstrap from (repeatable; default:
+    /// dht.libtorrent.org:25401 and dht.transmissionbt.com:6881, or the
+    /// comma-separated list in RINGBIT_DHT_BOOTSTRAP; `none` for no router).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+
+    /// Use the DHT read-only (BEP 43): look peers up, never answer queries or
+    /// announce ourselves.
+    #[arg(long)]
+    pub dht_read_only: bool,
 
     /// Shard threads, one io_uring runtime each (default: one per core).
     #[arg(long, value_name = "N")]
@@ -133,6 +149,15 @@ impl EngineArgs {
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
             options.listen_ips = self.bind.clone();
+        }
+        if !self.no_dht {
+            let mut dht = DhtOptions::default();
+            if !self.dht_bootstrap.is_empty() {
+                dht.bootstrap =
+                    self.dht_bootstrap.iter().flat_map(|s| parse_bootstrap_list(s)).collect();
+            }
+            dht.core.read_only = self.dht_read_only;
+            options.dht = Some(dht);
         }
         Ok(options)
     }

@@ -77,6 +77,12 @@ struct RawConfig {
     #[serde(default)]
     trackers: Option<bool>,
     #[serde(default)]
+    dht: Option<bool>,
+    #[serde(default)]
+    dht_bootstrap: Option<Vec<String>>,
+    #[serde(default)]
+    dht_read_only: Option<bool>,
+    #[serde(default)]
     reannounce_secs: Option<u32>,
     #[serde(default)]
     backend: Option<String>,
@@ -186,6 +192,12 @@ pub struct DaemonConfig {
     pub api: ApiConfig,
     /// Announce to trackers (default true).
     pub trackers: bool,
+    /// Use the mainline DHT (default true; never for private torrents).
+    pub dht: bool,
+    /// DHT routers (`HOST:PORT`; default: `net::dht::default_bootstrap()`).
+    pub dht_bootstrap: Vec<String>,
+    /// Query the DHT only (BEP 43), never answer or announce.
+    pub dht_read_only: bool,
     /// Announce every N seconds whatever the tracker's interval.
     pub reannounce_secs: Option<u32>,
     pub backend: Backend,
@@ -323,6 +335,9 @@ impl DaemonConfig {
             api_listen,
             api,
             trackers: raw.trackers.unwrap_or(true),
+            dht: raw.dht.unwrap_or(true),
+            dht_bootstrap: raw.dht_bootstrap.unwrap_or_else(crate::net::dht::default_bootstrap),
+            dht_read_only: raw.dht_read_only.unwrap_or(false),
             reannounce_secs: raw.reannounce_secs,
             backend,
             allocation,

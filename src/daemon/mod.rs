@@ -208,6 +208,15 @@ impl Daemon {
         if !config.bind.is_empty() {
             options.listen_ips = config.bind.clone();
         }
+        if config.dht {
+            let mut dht = crate::net::dht::DhtOptions {
+                bootstrap: config.dht_bootstrap.clone(),
+                state_dir: Some(config.state_dir.clone()),
+                ..crate::net::dht::DhtOptions::default()
+            };
+            dht.core.read_only = config.dht_read_only;
+            options.dht = Some(dht);
+        }
         let session = Session::start(options)?;
         let (start_jobs, jobs) = crossbeam_channel::unbounded();
         let (stop_signal, stop_receiver) = crossbeam_channel::bounded(0);
@@ -940,6 +949,11 @@ impl Daemon {
 
     pub fn shard_count(&self) -> usize {
         self.shard_count
+    }
+
+    /// The DHT's latest statistics, `None` when it is off.
+    pub fn dht_report(&self) -> Option<crate::net::dht::DhtReport> {
+        self.with_session(|s| s.dht().map(|d| d.report())).flatten()
     }
 }
 

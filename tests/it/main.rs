@@ -9,6 +9,7 @@ mod helpers;
 
 mod api_security;
 mod daemon;
+mod dht;
 mod download;
 mod drivers;
 mod durability;
