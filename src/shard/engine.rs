@@ -226,17 +226,22 @@ impl Drop for HalfOpenPermit {
     }
 }
 
+/// What a shard's context is built from: the process-wide parts every
+/// shard shares.
+pub struct ShardShared {
+    pub config: Arc<Config>,
+    pub hash_pool: Arc<HashPool>,
+    pub trackers: Option<TrackerHandle>,
+    pub rate_limits: Arc<ProcessRateLimits>,
+    /// Outgoing connects in flight in the whole process.
+    pub process_half_open: Arc<AtomicUsize>,
+    pub driver: IoDriver,
+}
+
 impl ShardContext {
-    pub fn new(
-        index: usize,
-        shard_count: usize,
-        config: Arc<Config>,
-        hash_pool: Arc<HashPool>,
-        trackers: Option<TrackerHandle>,
-        rate_limits: Arc<ProcessRateLimits>,
-        process_half_open: Arc<AtomicUsize>,
-        driver: IoDriver,
-    ) -> Rc<ShardContext> {
+    pub fn new(index: usize, shard_count: usize, shared: ShardShared) -> Rc<ShardContext> {
+        let ShardShared { config, hash_pool, trackers, rate_limits, process_half_open, driver } =
+            shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
             index,

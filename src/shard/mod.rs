@@ -29,7 +29,7 @@ use crate::metainfo::InfoHash;
 use crate::net::listener::IncomingPeer;
 use crate::net::trackers::{PeerReceiver, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
-use engine::{ShardContext, TorrentSpec, TorrentTask};
+use engine::{ShardContext, ShardShared, TorrentSpec, TorrentTask};
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -159,12 +159,14 @@ impl ShardSet {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let stop = Arc::new(Notify::new());
-            let signals = ShardSignals { stop: stop.clone(), half_open: process_half_open.clone() };
+            let signals = ShardSignals {
+                stop: stop.clone(),
+                half_open: process_half_open.clone(),
+                io_driver,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("ringbit-shard-{index}"))
-                .spawn(move || {
-                    shard_thread(index, count, core, io_driver, init, signals, receiver, ready)
-                })
+                .spawn(move || shard_thread(index, count, core, init, signals, receiver, ready))
                 .map_err(|source| ShardError::Spawn { index, source })?;
             shards.push(Shard { commands, stop, thread: Some(thread) });
         }
@@ -257,19 +259,21 @@ struct ShardSignals {
     stop: Arc<Notify>,
     /// Outgoing connects in flight in the whole process.
     half_open: Arc<AtomicUsize>,
+    /// The I/O driver every shard runs.
+    io_driver: driver::IoDriver,
 }
 
 fn shard_thread(
     index: usize,
     count: usize,
     core: Option<core_affinity::CoreId>,
-    io_driver: driver::IoDriver,
     init: ShardInit,
     signals: ShardSignals,
     mut commands: mpsc::Receiver<ShardCommand>,
     ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
 ) {
     let pinned = core.filter(|&c| core_affinity::set_for_current(c)).map(|c| c.id);
+    let io_driver = signals.io_driver;
     let runtime = match driver::ShardRuntime::new(io_driver) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -282,12 +286,14 @@ fn shard_thread(
     let ctx = ShardContext::new(
         index,
         count,
-        init.config,
-        init.hash_pool,
-        init.trackers,
-        init.rate_limits,
-        signals.half_open,
-        io_driver,
+        ShardShared {
+            config: init.config,
+            hash_pool: init.hash_pool,
+            trackers: init.trackers,
+            rate_limits: init.rate_limits,
+            process_half_open: signals.half_open,
+            driver: io_driver,
+        },
     );
     let stop = signals.stop;
     let mut peers = init.peers;
