@@ -259,6 +259,8 @@ struct ShardSignals {
     half_open: Arc<AtomicUsize>,
 }
 
+// The thread's whole start-up state, moved in once (see ShardContext::new).
+#[allow(clippy::too_many_arguments)]
 fn shard_thread(
     index: usize,
     count: usize,
