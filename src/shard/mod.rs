@@ -263,8 +263,6 @@ struct ShardSignals {
     io_driver: driver::IoDriver,
 }
 
-// The thread's whole start-up state, moved in once (see ShardContext::new).
-#[allow(clippy::too_many_arguments)]
 fn shard_thread(
     index: usize,
     count: usize,
