@@ -227,6 +227,7 @@ impl Drop for HalfOpenPermit {
 }
 
 impl ShardContext {
+    #[allow(clippy::too_many_arguments)] // each is a distinct part of the shard's set-up
     pub fn new(
         index: usize,
         shard_count: usize,
