@@ -78,8 +78,10 @@ pub struct PeerConfig {
     /// since it was sent (or since the last block, whichever is later): deep
     /// pipelines stay healthy while data flows, a stalled peer is snubbed.
     pub request_timeout: Duration,
-    /// Most of the peer's requests we queue; also the `reqq` we advertise.
-    /// Past it a fast-extension peer gets `reject`, others are dropped.
+    /// Most of the peer's requests we queue; also the `reqq` we advertise
+    /// (2000, as libtorrent). Past it a fast-extension peer gets `reject`,
+    /// others are ignored (see [`OVERFLOW_REQUESTS_FACTOR`]). A queued request
+    /// is 12 bytes: 24 KiB per connection at most.
     pub max_peer_requests: usize,
     /// Most requests we keep outstanding to one peer, whatever its `reqq`.
     pub max_outstanding_requests: usize,
@@ -98,7 +100,11 @@ impl Default for PeerConfig {
             idle_timeout: Duration::from_secs(180),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(20),
-            max_peer_requests: 500,
+            // libtorrent's `max_allowed_in_request_queue`. transmission 3.00
+            // keeps rate x 10 s of requests out, capped by our `reqq`: at 500
+            // it got half the rate a libtorrent seeder (reqq 2000) gives it,
+            // because it refills its pipeline only every half second or so.
+            max_peer_requests: 2000,
             max_outstanding_requests: 500,
             min_request_depth: 4,
             request_queue_time: Duration::from_secs(3),

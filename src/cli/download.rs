@@ -128,10 +128,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (session, stop, mut peers) = match fetched {
         Some((resolved, stop)) => match resolved.session {
             Some(session) => (session, stop, resolved.peers),
-            None => (Session::start(args.engine.session_options()?)?, stop, resolved.peers),
+            None => (Session::start(session_options(&args, &state_dir)?)?, stop, resolved.peers),
         },
         None => (
-            Session::start(args.engine.session_options()?)?,
+            Session::start(session_options(&args, &state_dir)?)?,
             super::engine_args::stop_flag()?,
             Vec::new(),
         ),
@@ -195,6 +195,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Outcome::Failed(error) => anyhow::bail!("{error}"),
     }
+}
+
+/// The session options of a download: the engine's, with the DHT's state
+/// kept beside the resume state.
+pub(super) fn session_options(
+    args: &Args,
+    state_dir: &Path,
+) -> anyhow::Result<crate::session::SessionOptions> {
+    let mut options = args.engine.session_options()?;
+    if let Some(dht) = options.dht.as_mut() {
+        dht.state_dir = Some(state_dir.to_path_buf());
+    }
+    Ok(options)
 }
 
 fn build_selector(globs: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {

@@ -74,7 +74,11 @@ pub fn resolve(
     let mut peers = engine.peers()?;
     peers.extend(magnet_peers);
     let trackers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-    let session = Session::start(engine.session_options()?)?;
+    let mut options = engine.session_options()?;
+    if let Some(dht) = options.dht.as_mut() {
+        dht.state_dir = Some(state_dir.to_path_buf());
+    }
+    let session = Session::start(options)?;
     let left = magnet.exact_length.unwrap_or(METADATA_UNKNOWN_LEFT_BYTES);
     let status = session.fetch_metadata(magnet.info_hash, trackers, peers, left)?;
     let name = magnet.display_name.clone().unwrap_or_else(|| magnet.info_hash.to_hex());

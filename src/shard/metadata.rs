@@ -158,7 +158,7 @@ impl FetchTask {
         });
         task.add_peers(&spec.peers);
         let ticker = task.clone();
-        tokio_uring::spawn(async move { ticker.run_ticker().await });
+        super::driver::spawn(async move { ticker.run_ticker().await });
         task
     }
 
@@ -229,8 +229,8 @@ impl FetchTask {
             }
             self.half_open.set(self.half_open.get() + 1);
             let task = self.clone();
-            tokio_uring::spawn(async move {
-                let result = peer_io::connect(addr, timeout).await;
+            super::driver::spawn(async move {
+                let result = peer_io::connect(task.ctx.driver, addr, timeout).await;
                 task.half_open.set(task.half_open.get() - 1);
                 match result {
                     Ok(stream) if !task.stopped.get() => {
@@ -263,7 +263,7 @@ impl FetchTask {
             }
         }
         let task = self.clone();
-        tokio_uring::spawn(async move {
+        super::driver::spawn(async move {
             tokio::time::sleep(FETCH_REDIAL_DELAY).await;
             if !task.stopped.get() {
                 task.candidates.borrow_mut().push_back(addr);
@@ -286,7 +286,7 @@ impl FetchTask {
         {
             return;
         }
-        let stream = match peer_io::adopt(stream) {
+        let stream = match peer_io::adopt(self.ctx.driver, stream) {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%addr, %error, "adopt");
@@ -324,11 +324,11 @@ impl FetchTask {
         }
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(
+        super::driver::spawn(
             async move { reader.read_loop(conn, token, read_stream, leftover).await },
         );
         let writer = self.clone();
-        tokio_uring::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
+        super::driver::spawn(async move { writer.write_loop(conn, token, stream, wake).await });
     }
 
     fn is_current(&self, conn: FetchConnId, token: u64) -> bool {

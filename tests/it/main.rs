@@ -9,7 +9,9 @@ mod helpers;
 
 mod api_security;
 mod daemon;
+mod dht;
 mod download;
+mod drivers;
 mod durability;
 mod encryption;
 mod foundation;
@@ -18,6 +20,7 @@ mod magnet;
 mod peer_harness_selftest;
 mod peers;
 mod pex;
+mod qbt_api;
 mod seeding;
 mod storage;
 mod syscalls;
