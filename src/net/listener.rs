@@ -386,6 +386,8 @@ mod tests {
                 max_pending_handshakes: 16,
                 max_pending_handshakes_per_ip: 2,
                 handshake_timeout: Duration::from_secs(20),
+                encryption: EncryptionPolicy::Prefer,
+                torrents: Arc::default(),
             },
             Box::new(move |peer| {
                 sink.lock().unwrap().push(peer);
