@@ -18,6 +18,9 @@ use std::path::PathBuf;
 pub struct Config {
     /// Number of shard threads (default: one per core).
     pub shards: usize,
+    /// Which I/O driver the shards run (default `auto`: io_uring where the
+    /// kernel allows it, else epoll).
+    pub io_driver: IoDriverChoice,
     /// Pin shard `i` to core `i` (default true).
     pub pin_shards: bool,
     /// TCP port to listen on for peers; 0 picks a free one (default 6881).
@@ -76,6 +79,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            io_driver: IoDriverChoice::Auto,
             pin_shards: true,
             listen_port: 6881,
             state_dir: None,
@@ -152,6 +156,31 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (trimmed, 1),
     };
     digits.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+/// What the operator asked for (`--io-driver`, `io_driver` in the daemon
+/// config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoDriverChoice {
+    /// io_uring when the kernel allows it, else epoll (default).
+    #[default]
+    Auto,
+    /// io_uring or fail with the reason it is unavailable.
+    Uring,
+    /// epoll even where io_uring works.
+    Epoll,
+}
+
+impl std::str::FromStr for IoDriverChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IoDriverChoice, String> {
+        match s {
+            "auto" => Ok(IoDriverChoice::Auto),
+            "uring" | "io_uring" => Ok(IoDriverChoice::Uring),
+            "epoll" => Ok(IoDriverChoice::Epoll),
+            other => Err(format!("unknown I/O driver {other:?} (auto, uring, epoll)")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
 //!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
-//!   [`rate_limit`], [`tracker`], [`resume`].
+//!   [`rate_limit`], [`tracker`], [`resume`], [`utp`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -45,4 +45,5 @@ pub mod shard;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;
+pub mod utp;
 pub mod wire;

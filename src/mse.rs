@@ -73,6 +73,9 @@ pub const HANDSHAKE_MAX_BYTES: usize = PUBLIC_KEY_LEN
 
 const HASH_LEN: usize = 20;
 
+/// Keystream bytes generated at a time by [`Cipher::apply`] (on the stack).
+const KEYSTREAM_CHUNK_LEN: usize = 4096;
+
 /// The 768-bit safe prime of the spec (Oakley group 1), generator 2.
 const PRIME_HEX: &[u8] = b"FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A36210000000000090563";
 
@@ -190,10 +193,22 @@ pub enum Cipher {
 
 impl Cipher {
     /// En- or decrypts `data` in place, advancing the keystream.
+    ///
+    /// The keystream is written into a stack buffer and XORed in after: the
+    /// crate's in-place path writes each byte through a pointer that may
+    /// alias the cipher state, so the compiler reloads the state indices per
+    /// byte; a separate `&mut [u8]` keeps them in registers, and the XOR
+    /// vectorises.
     #[inline]
     pub fn apply(&mut self, data: &mut [u8]) {
         if let Cipher::Rc4(rc4) = self {
-            rc4.apply_keystream(data);
+            let mut keystream = [0u8; KEYSTREAM_CHUNK_LEN];
+            for chunk in data.chunks_mut(KEYSTREAM_CHUNK_LEN) {
+                let keystream = &mut keystream[..chunk.len()];
+                // RC4 has no keystream end: the unchecked call cannot overrun.
+                rc4.unchecked_write_keystream(keystream);
+                chunk.iter_mut().zip(keystream.iter()).for_each(|(d, k)| *d ^= k);
+            }
         }
     }
 

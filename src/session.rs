@@ -1,5 +1,5 @@
-//! Session: starts the shards, the hash pool, the tracker subsystem and the
-//! listener; adds and removes torrents, routing each to
+//! Session: starts the shards, the hash pool, the tracker subsystem, the
+//! listener and the DHT; adds and removes torrents, routing each to
 //! `shard_of(info_hash)`; shuts everything down in order.
 //!
 //! Layer: driver (top). Runs on the caller's thread and never on a shard; every
@@ -13,6 +13,7 @@ use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::HashPool;
 use crate::metainfo::InfoHash;
+use crate::net::dht::{DhtHandle, DhtOptions};
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::mse_io::TorrentKeys;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
@@ -66,6 +67,9 @@ pub struct SessionOptions {
     pub trackers: bool,
     /// Tracker settings (peer id and timeouts); `None` for defaults.
     pub tracker_config: Option<TrackerConfig>,
+    /// The mainline DHT (`None`: off). Its port and bind addresses are
+    /// replaced by the listener's, so DHT and peers share one port number.
+    pub dht: Option<DhtOptions>,
 }
 
 impl Default for SessionOptions {
@@ -75,6 +79,7 @@ impl Default for SessionOptions {
             listen_ips: vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])],
             trackers: true,
             tracker_config: None,
+            dht: None,
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct Session {
     shards: ShardSet,
     listener: Listener,
     trackers: Option<TrackerHandle>,
+    dht: Option<DhtHandle>,
     peer_id: PeerId,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
     /// Every torrent by its MSE req2 hash, for the listener.
@@ -106,20 +112,24 @@ impl Session {
             Some(t) => PeerId(t.peer_id),
             None => PeerId::ours(rand::random()),
         };
+        // Trackers and the DHT share each shard's peer sink.
         let mut receivers = Vec::new();
-        let trackers = if options.trackers {
-            let mut sinks = Vec::new();
+        let mut sinks = Vec::new();
+        if options.trackers || options.dht.is_some() {
             for _ in 0..shard_count {
                 let (sink, receiver) = PeerSink::channel(PEER_BATCH_QUEUE);
                 sinks.push(sink);
                 receivers.push(Some(receiver));
             }
+        } else {
+            receivers.extend((0..shard_count).map(|_| None));
+        }
+        let trackers = if options.trackers {
             let mut tracker_config =
                 options.tracker_config.clone().unwrap_or_else(|| TrackerConfig::new(peer_id.0));
             tracker_config.encryption = config.encryption;
-            Some(TrackerHandle::start(tracker_config, sinks)?)
+            Some(TrackerHandle::start(tracker_config, sinks.clone())?)
         } else {
-            receivers.extend((0..shard_count).map(|_| None));
             None
         };
         let rate_limits = Arc::new(ProcessRateLimits::new(
@@ -155,11 +165,27 @@ impl Session {
                 senders[shard].try_send(ShardCommand::Incoming(peer)).is_ok()
             }),
         )?;
+        let dht = match options.dht.clone() {
+            Some(mut dht_options) => {
+                dht_options.port = listener.port();
+                dht_options.bind_ips = options.listen_ips.clone();
+                // Peers still come from trackers and --peer without it.
+                match DhtHandle::start(dht_options, sinks, listener.port()) {
+                    Ok(dht) => Some(dht),
+                    Err(error) => {
+                        tracing::warn!(%error, "DHT not started");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Session {
             config,
             shards,
             listener,
             trackers,
+            dht,
             peer_id,
             torrents: Mutex::new(HashMap::new()),
             torrent_keys,
@@ -174,6 +200,11 @@ impl Session {
     }
 
     /// Shard threads running.
+    /// The I/O driver the shards run, and why it was chosen.
+    pub fn io_driver(&self) -> &crate::shard::driver::DriverSelection {
+        self.shards.driver()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -189,6 +220,11 @@ impl Session {
 
     pub fn trackers(&self) -> Option<&TrackerHandle> {
         self.trackers.as_ref()
+    }
+
+    /// The DHT, when on.
+    pub fn dht(&self) -> Option<&DhtHandle> {
+        self.dht.as_ref()
     }
 
     /// Starts a torrent on its shard and, when trackers are on, announces it.
@@ -222,6 +258,8 @@ impl Session {
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();
+        // BEP 27: a private torrent's peers come from its trackers only.
+        let use_dht = !add.metainfo.info.private;
         let spec = TorrentSpec {
             torrent: add,
             peer_id: self.peer_id,
@@ -240,6 +278,11 @@ impl Session {
         if let Some(trackers) = &self.trackers {
             if !tiers.is_empty() {
                 self.announce(trackers, info_hash, tiers, &status)?;
+            }
+        }
+        if let (Some(dht), true) = (&self.dht, use_dht) {
+            if let Err(error) = dht.add_torrent(info_hash, self.listen_port()) {
+                tracing::warn!(%info_hash, %error, "not announced on the DHT");
             }
         }
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
@@ -300,6 +343,9 @@ impl Session {
         if let Some(trackers) = &self.trackers {
             let _ = trackers.remove(info_hash);
         }
+        if let Some(dht) = &self.dht {
+            let _ = dht.remove_torrent(info_hash);
+        }
         let (reply, done) = oneshot::channel();
         let shard = self.shards.shard_of(&info_hash);
         if self.shards.send_blocking(shard, ShardCommand::RemoveTorrent(info_hash, reply)).is_ok() {
@@ -352,6 +398,9 @@ impl Session {
     pub fn shutdown(mut self) {
         if let Some(trackers) = self.trackers.take() {
             let _ = trackers.shutdown();
+        }
+        if let Some(dht) = self.dht.take() {
+            dht.shutdown();
         }
         self.listener.shutdown();
         self.shards.shutdown();

@@ -29,8 +29,12 @@ listen_port = 6881                    # peers connect here
 api_listen = "127.0.0.1:9091"         # HTTP control API and /metrics
 # download_roots = ["/srv/torrents"]  # where API clients may put data (default: download_dir)
 trackers = true
+dht = true                            # mainline DHT (never for private torrents)
+# dht_bootstrap = ["dht.libtorrent.org:25401", "dht.transmissionbt.com:6881"]
+# dht_read_only = false               # look up peers, never answer or announce
 # reannounce_secs = 1800              # announce at least this often
 # backend = "pwrite"                  # pwrite, mmap or uring
+# io_driver = "auto"                  # auto (io_uring, else epoll), uring, epoll
 # resume_save_interval_secs = 300
 
 [limits]
@@ -63,6 +67,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE", required_unless_present_any = ["example_config", "hash_password"])]
     pub config: Option<PathBuf>,
 
+    /// I/O driver (`auto`, `uring`, `epoll`); overrides the config's `io_driver`
+    /// (see `ringbit download --help`).
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        env = "RINGBIT_IO_DRIVER",
+        value_parser = super::engine_args::parse_io_driver
+    )]
+    pub io_driver: Option<crate::config::IoDriverChoice>,
+
     /// Print an example config file and exit.
     #[arg(long)]
     pub example_config: bool,
@@ -88,7 +102,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.config.expect("clap requires --config");
-    let config = DaemonConfig::load(&path)?;
+    let mut config = DaemonConfig::load(&path)?;
+    if let Some(io_driver) = args.io_driver {
+        config.engine.io_driver = io_driver;
+    }
     let stop = super::engine_args::stop_flag()?;
     let daemon = Daemon::start(config.clone()).context("cannot start the daemon")?;
     let api_addr = match api::start(daemon.clone()) {

@@ -105,7 +105,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let stop = super::engine_args::stop_flag()?;
-    let session = Session::start(args.engine.session_options()?)?;
+    let mut options = args.engine.session_options()?;
+    if let Some(dht) = options.dht.as_mut() {
+        dht.state_dir = Some(state_dir.clone());
+    }
+    let session = Session::start(options)?;
     let peers = args.engine.peers()?;
     let status = session.add(AddTorrent {
         metainfo: metainfo.clone(),

@@ -4,7 +4,8 @@
 //! Layer: edge.
 
 use super::units::parse_size;
-use crate::config::{Config, EncryptionPolicy};
+use crate::config::{Config, EncryptionPolicy, IoDriverChoice};
+use crate::net::dht::{parse_bootstrap_list, DhtOptions};
 use crate::session::SessionOptions;
 use crate::storage::{Allocation, Backend, StoreOptions};
 use anyhow::Context;
@@ -31,9 +32,37 @@ pub struct EngineArgs {
     #[arg(long)]
     pub no_trackers: bool,
 
+    /// Do not use the mainline DHT (BEP 5) to find peers or be found.
+    #[arg(long)]
+    pub no_dht: bool,
+
+    /// DHT router or node to bootstrap from (repeatable; default:
+    /// dht.libtorrent.org:25401 and dht.transmissionbt.com:6881, or the
+    /// comma-separated list in RINGBIT_DHT_BOOTSTRAP; `none` for no router).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+
+    /// Use the DHT read-only (BEP 43): look peers up, never answer queries or
+    /// announce ourselves.
+    #[arg(long)]
+    pub dht_read_only: bool,
+
     /// Shard threads, one io_uring runtime each (default: one per core).
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+
+    /// I/O driver of the shards: `auto` uses io_uring where the kernel allows it
+    /// and falls back to epoll where it is refused (Docker's default seccomp
+    /// profile, kernel.io_uring_disabled), saying why; `uring` fails instead of
+    /// falling back; `epoll` always uses epoll.
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        env = "RINGBIT_IO_DRIVER",
+        default_value = "auto",
+        value_parser = parse_io_driver
+    )]
+    pub io_driver: IoDriverChoice,
 
     /// Storage backend for piece writes and upload reads (uring: every file
     /// operation on the shard's io_uring; pwrite, mmap: synchronous).
@@ -81,6 +110,10 @@ pub struct EngineArgs {
     pub encryption: EncryptionPolicy,
 }
 
+pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
@@ -105,6 +138,7 @@ impl EngineArgs {
         }
         anyhow::ensure!(self.max_peers >= 1, "--max-peers must be at least 1");
         config.max_peers_per_torrent = self.max_peers;
+        config.io_driver = self.io_driver;
         config.upload_slots = self.upload_slots;
         anyhow::ensure!(self.connect_timeout_ms >= 1, "--connect-timeout-ms must be at least 1");
         config.connect_timeout_ms = self.connect_timeout_ms;
@@ -115,6 +149,15 @@ impl EngineArgs {
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
             options.listen_ips = self.bind.clone();
+        }
+        if !self.no_dht {
+            let mut dht = DhtOptions::default();
+            if !self.dht_bootstrap.is_empty() {
+                dht.bootstrap =
+                    self.dht_bootstrap.iter().flat_map(|s| parse_bootstrap_list(s)).collect();
+            }
+            dht.core.read_only = self.dht_read_only;
+            options.dht = Some(dht);
         }
         Ok(options)
     }

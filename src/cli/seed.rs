@@ -130,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let mut options = args.engine.session_options()?;
+    if let Some(dht) = options.dht.as_mut() {
+        dht.state_dir = Some(state_dir.clone());
+    }
     if let Some(secs) = args.reannounce_secs {
         let mut trackers = TrackerConfig::new(PeerId::ours(rand::random()).0);
         trackers.schedule.max_interval_secs = secs;

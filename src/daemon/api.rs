@@ -195,6 +195,7 @@ pub async fn serve(
 /// The routes over `daemon`, behind `guard`.
 pub fn router(daemon: Arc<Daemon>, guard: Arc<Guard>) -> Router {
     let torrent_upload_max = METAINFO_FILE_MAX_BYTES as usize;
+    let daemon_for_qbt = daemon.clone();
     let api = Router::new()
         .route("/api/v1/status", get(status))
         .route(
@@ -212,7 +213,9 @@ pub fn router(daemon: Arc<Daemon>, guard: Arc<Guard>) -> Router {
         .route(LOGIN_PATH, post(login))
         .route("/api/v1/auth/logout", post(logout))
         .with_state(guard.clone());
+    let qbt = super::qbt::router(daemon_for_qbt, guard.clone());
     api.merge(login)
+        .merge(qbt)
         .layer(axum::middleware::from_fn_with_state(guard, check))
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
 }
@@ -265,10 +268,20 @@ async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
         return refusal_response(&refusal);
     }
     let path = request.uri().path();
+    // The qBittorrent-compatible API: its own cookie name, and 403 for no
+    // credentials (what qBittorrent answers, and what Sonarr reads as "this
+    // API exists").
+    let qbt = path.starts_with("/api/v2/");
     let open = path == LOGIN_PATH
         || path == "/api/v1/auth/logout"
+        || path == super::qbt::LOGIN_PATH
+        || path == "/api/v2/auth/logout"
         || (path == "/metrics" && guard.access.metrics_public);
-    if !open && !guard.access.authenticated(&facts, auth::SESSION_COOKIE, Instant::now()) {
+    let cookie = if qbt { super::qbt::SID_COOKIE } else { auth::SESSION_COOKIE };
+    if !open && !guard.access.authenticated(&facts, cookie, Instant::now()) {
+        if qbt {
+            return (StatusCode::FORBIDDEN, "Forbidden").into_response();
+        }
         return refusal_response(&Refusal::Unauthenticated);
     }
     match tokio::time::timeout(guard.request_timeout, next.run(request)).await {
@@ -367,7 +380,7 @@ async fn logout(State(guard): State<Arc<Guard>>, headers: HeaderMap) -> Response
 }
 
 /// An API error as HTTP.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

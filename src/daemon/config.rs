@@ -77,12 +77,19 @@ struct RawConfig {
     #[serde(default)]
     trackers: Option<bool>,
     #[serde(default)]
+    dht: Option<bool>,
+    #[serde(default)]
+    dht_bootstrap: Option<Vec<String>>,
+    #[serde(default)]
+    dht_read_only: Option<bool>,
+    #[serde(default)]
     reannounce_secs: Option<u32>,
     #[serde(default)]
     backend: Option<String>,
     #[serde(default)]
     allocation: Option<String>,
     direct_io: Option<bool>,
+    io_driver: Option<String>,
     #[serde(default)]
     resume_save_interval_secs: Option<u64>,
     #[serde(default)]
@@ -185,6 +192,12 @@ pub struct DaemonConfig {
     pub api: ApiConfig,
     /// Announce to trackers (default true).
     pub trackers: bool,
+    /// Use the mainline DHT (default true; never for private torrents).
+    pub dht: bool,
+    /// DHT routers (`HOST:PORT`; default: `net::dht::default_bootstrap()`).
+    pub dht_bootstrap: Vec<String>,
+    /// Query the DHT only (BEP 43), never answer or announce.
+    pub dht_read_only: bool,
     /// Announce every N seconds whatever the tracker's interval.
     pub reannounce_secs: Option<u32>,
     pub backend: Backend,
@@ -235,6 +248,9 @@ impl DaemonConfig {
             state_dir: None,
             ..defaults.clone()
         };
+        if let Some(name) = &raw.io_driver {
+            engine.io_driver = name.parse().map_err(|m| invalid("io_driver", m))?;
+        }
         if let Some(shards) = raw.shards {
             if shards == 0 || shards > 1024 {
                 return Err(invalid("shards", format!("{shards} is not between 1 and 1024")));
@@ -319,6 +335,9 @@ impl DaemonConfig {
             api_listen,
             api,
             trackers: raw.trackers.unwrap_or(true),
+            dht: raw.dht.unwrap_or(true),
+            dht_bootstrap: raw.dht_bootstrap.unwrap_or_else(crate::net::dht::default_bootstrap),
+            dht_read_only: raw.dht_read_only.unwrap_or(false),
             reannounce_secs: raw.reannounce_secs,
             backend,
             allocation,

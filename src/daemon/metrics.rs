@@ -69,6 +69,12 @@ pub fn render(daemon: &Daemon) -> String {
         Unit::Seconds,
         startup,
     );
+    let driver = gauge_family(
+        &mut registry,
+        "ringbit_io_driver",
+        "The I/O driver the shards run (1 for the one in use)",
+    );
+    driver.get_or_create(&vec![("driver", status.io_driver.to_string())]).set(1);
     let rechecked = Gauge::<i64>::default();
     rechecked.set(gauge(status.startup.rechecked_pieces));
     registry.register(
@@ -186,6 +192,46 @@ pub fn render(daemon: &Daemon) -> String {
             .get_or_create(&vec![("url", url.clone()), ("result", "failed".into())])
             .inc_by(c.announces_failed);
         received.get_or_create(&vec![("url", url)]).inc_by(c.peers_received);
+    }
+
+    // The DHT.
+    if let Some(dht) = daemon.dht_report() {
+        let stats = &dht.stats;
+        let nodes = gauge_family(&mut registry, "ringbit_dht_nodes", "DHT routing table nodes");
+        nodes.get_or_create(&vec![("table", "ipv4".into())]).set(gauge(stats.nodes_v4));
+        nodes.get_or_create(&vec![("table", "ipv6".into())]).set(gauge(stats.nodes_v6));
+        let queries = counter_family(&mut registry, "ringbit_dht_queries", "DHT queries", None);
+        queries.get_or_create(&vec![("direction", "in".into())]).inc_by(stats.queries_in);
+        queries.get_or_create(&vec![("direction", "out".into())]).inc_by(stats.queries_out);
+        let found = counter_family(
+            &mut registry,
+            "ringbit_dht_peers_found",
+            "Peers found by DHT lookups (before removing our own address)",
+            None,
+        );
+        found.get_or_create(&Vec::new()).inc_by(stats.peers_found);
+        let dropped =
+            counter_family(&mut registry, "ringbit_dht_dropped", "DHT datagrams dropped", None);
+        for (reason, n) in [
+            ("rate_limited", stats.dropped_rate_limited),
+            ("malformed", stats.dropped_malformed),
+            ("unmatched", stats.dropped_unmatched),
+            ("queue_full", stats.dropped_queue_full),
+        ] {
+            dropped.get_or_create(&vec![("reason", reason.into())]).inc_by(n);
+        }
+        let timeouts =
+            counter_family(&mut registry, "ringbit_dht_timeouts", "DHT queries unanswered", None);
+        timeouts.get_or_create(&Vec::new()).inc_by(stats.timeouts);
+        let stored = gauge_family(
+            &mut registry,
+            "ringbit_dht_stored_peers",
+            "Peers other nodes announced to us",
+        );
+        stored.get_or_create(&Vec::new()).set(gauge(stats.stored_peers));
+        let torrents_announced =
+            gauge_family(&mut registry, "ringbit_dht_torrents", "Torrents announced on the DHT");
+        torrents_announced.get_or_create(&Vec::new()).set(gauge(stats.torrents));
     }
 
     let mut out = String::with_capacity(256 + torrents.len() * 1024);

@@ -32,6 +32,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod qbt;
 pub mod registry;
 pub mod roots;
 pub mod watch;
@@ -136,6 +137,7 @@ pub struct Daemon {
     session: RwLock<Option<Session>>,
     listen_port: u16,
     shard_count: usize,
+    io_driver: crate::shard::driver::DriverSelection,
     registry: Registry,
     torrents: Mutex<BTreeMap<InfoHash, Entry>>,
     /// Serializes the operations that add a torrent to or remove it from the
@@ -206,12 +208,22 @@ impl Daemon {
         if !config.bind.is_empty() {
             options.listen_ips = config.bind.clone();
         }
+        if config.dht {
+            let mut dht = crate::net::dht::DhtOptions {
+                bootstrap: config.dht_bootstrap.clone(),
+                state_dir: Some(config.state_dir.clone()),
+                ..crate::net::dht::DhtOptions::default()
+            };
+            dht.core.read_only = config.dht_read_only;
+            options.dht = Some(dht);
+        }
         let session = Session::start(options)?;
         let (start_jobs, jobs) = crossbeam_channel::unbounded();
         let (stop_signal, stop_receiver) = crossbeam_channel::bounded(0);
         let daemon = Arc::new(Daemon {
             listen_port: session.listen_port(),
             shard_count: session.shard_count(),
+            io_driver: session.io_driver().clone(),
             session: RwLock::new(Some(session)),
             config,
             roots,
@@ -387,7 +399,6 @@ impl Daemon {
                 allocation: self.config.allocation,
                 file_idle_close_secs: self.config.file_idle_close_secs,
                 direct_io: self.config.direct_io,
-                ..StoreOptions::default()
             },
             peers: Vec::new(),
         };
@@ -626,6 +637,40 @@ impl Daemon {
         Ok(())
     }
 
+    /// [`Daemon::remove`], then deletes the torrent's data files (and the
+    /// directories of a multi-file torrent left empty). Only files of the
+    /// torrent's own layout under its download dir, itself under the roots,
+    /// are touched.
+    pub fn remove_with_data(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        let (metainfo, dir) = {
+            let torrents = lock(&self.torrents);
+            let entry = torrents.get(&info_hash).ok_or(DaemonError::NotFound(info_hash))?;
+            (entry.metainfo.clone(), entry.meta.download_dir.clone())
+        };
+        self.remove(info_hash)?;
+        let dir = roots::resolve_under(&dir, &self.roots)?;
+        let mut parents = std::collections::BTreeSet::new();
+        for file in metainfo.info.files.iter().filter(|f| !f.pad) {
+            let path = crate::storage::file_path(&dir, &file.path);
+            if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot delete a data file");
+                }
+            }
+            let mut parent = path.parent();
+            while let Some(p) = parent.filter(|p| p.starts_with(&dir) && *p != dir) {
+                parents.insert(p.to_path_buf());
+                parent = p.parent();
+            }
+        }
+        // Deepest first; a directory that still holds other files stays.
+        for p in parents.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+        tracing::info!(%info_hash, "torrent data deleted");
+        Ok(())
+    }
+
     /// Removes the torrents added from the watch directory file `path`.
     pub fn remove_watched(&self, path: &Path) {
         let hashes: Vec<InfoHash> = lock(&self.torrents)
@@ -822,6 +867,7 @@ impl Daemon {
             shard: info_hash.shard(self.shard_count),
             download_dir: entry.meta.download_dir.clone(),
             source: entry.meta.source.clone(),
+            added_at: entry.meta.added_at,
             rechecked_pieces: entry.rechecked_pieces,
             upload_rate_limit: entry.meta.upload_rate_limit,
             download_rate_limit: entry.meta.download_rate_limit,
@@ -856,6 +902,8 @@ impl Daemon {
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
             listen_port: self.listen_port,
             shards: self.shard_count,
+            io_driver: self.io_driver.driver.name(),
+            io_driver_reason: self.io_driver.reason.clone(),
             torrents: torrents.len(),
             by_state: BTreeMap::new(),
             download_rate: 0,
@@ -901,6 +949,11 @@ impl Daemon {
 
     pub fn shard_count(&self) -> usize {
         self.shard_count
+    }
+
+    /// The DHT's latest statistics, `None` when it is off.
+    pub fn dht_report(&self) -> Option<crate::net::dht::DhtReport> {
+        self.with_session(|s| s.dht().map(|d| d.report())).flatten()
     }
 }
 
@@ -1071,6 +1124,8 @@ pub struct TorrentView {
     pub shard: usize,
     pub download_dir: PathBuf,
     pub source: Source,
+    /// Seconds since the Unix epoch.
+    pub added_at: u64,
     /// Pieces hashed the last time it started (0 when resume state was trusted).
     pub rechecked_pieces: u32,
     /// This torrent's own limits, bytes per second (0 = none).
@@ -1104,6 +1159,9 @@ pub struct StatusView {
     pub uptime_secs: f64,
     pub listen_port: u16,
     pub shards: usize,
+    /// The I/O driver of the shards (`io_uring` or `epoll`) and why.
+    pub io_driver: &'static str,
+    pub io_driver_reason: String,
     pub torrents: usize,
     pub by_state: BTreeMap<&'static str, usize>,
     pub download_rate: u64,

@@ -108,6 +108,20 @@ fn rc4_both_ways_with_max_pads_and_an_initial_payload() {
 }
 
 #[test]
+fn cipher_apply_matches_the_crate_across_chunk_boundaries() {
+    let secret = [3u8; PUBLIC_KEY_LEN];
+    let mut ours = Cipher::Rc4(Box::new(keyed_rc4(b"keyA", &secret, &HASH)));
+    let mut reference = keyed_rc4(b"keyA", &secret, &HASH);
+    for len in [0, 1, KEYSTREAM_CHUNK_LEN - 1, KEYSTREAM_CHUNK_LEN + 1, 3 * KEYSTREAM_CHUNK_LEN] {
+        let mut a: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut b = a.clone();
+        ours.apply(&mut a);
+        reference.apply_keystream(&mut b);
+        assert_eq!(a, b, "length {len}");
+    }
+}
+
+#[test]
 fn prefer_selects_plaintext_when_offered_and_rc4_otherwise() {
     let (mut a, mut b) = pair(CRYPTO_PLAINTEXT | CRYPTO_RC4, EncryptionPolicy::Prefer, 0, 0, b"");
     run(&mut a, &mut b, 1000).unwrap();

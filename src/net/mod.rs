@@ -3,6 +3,7 @@
 //! Layer: driver. Only `peer_io` touches io_uring sockets; the tracker
 //! transports run on the tracker thread's ordinary tokio runtime.
 
+pub mod dht;
 pub mod listener;
 pub mod mse_io;
 pub mod peer_io;

@@ -173,7 +173,7 @@ pub async fn initiate(
         let mut out = Vec::new();
         initiator.take_output(&mut out);
         if !out.is_empty() {
-            let (result, _) = stream.write_all(out).await;
+            let (result, _) = crate::net::peer_io::write_all(stream, out).await;
             result?;
         }
         read_buf.clear();

@@ -1,8 +1,10 @@
-//! Socket operations for peer connections on a shard's io_uring runtime.
+//! Socket operations for peer connections on a shard's runtime, for both I/O
+//! drivers ([`IoDriver`]).
 //!
 //! Layer: driver. The only place peer sockets are read or written. Buffers are
-//! owned: each call hands a `Vec<u8>` to the kernel and always gives it back,
-//! so the caller can return it to its shard's pool.
+//! owned: each call hands a `Vec<u8>` to the kernel (io_uring) or fills it in
+//! place (epoll) and always gives it back, so the caller can return it to its
+//! shard's pool. Both drivers offer the same calls with the same meaning.
 //!
 //! Reads go into the *spare capacity* of the caller's buffer, after the bytes
 //! not yet parsed, so one large read can carry many messages and a message cut
@@ -10,37 +12,52 @@
 //!
 //! Never wrap a read in a timeout on a connection that is kept: tokio-uring
 //! leaves the read in flight when the timeout future is dropped, and it then
-//! swallows the next bytes. To stop a stuck read, shut the socket down.
+//! swallows the next bytes. To stop a stuck read, shut the socket down (both
+//! drivers then end the read with end of stream).
 
+use crate::shard::driver::IoDriver;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
-/// A peer socket on this shard.
-pub type PeerStream = TcpStream;
+/// A peer socket on this shard, on the shard's driver.
+pub enum PeerStream {
+    Uring(tokio_uring::net::TcpStream),
+    Epoll(tokio::net::TcpStream),
+}
 
-/// Connects to `addr`, giving up after `timeout`. The connect runs on a
-/// non-blocking socket watched by the runtime's reactor (tokio-uring runs on a
-/// tokio runtime with its I/O driver), not as an io_uring op: a dropped
-/// io_uring connect keeps its socket open until the kernel gives up on the
-/// SYN (about two minutes), so thousands of unreachable peers would pile up
-/// fds. Here a timed-out connect closes its socket at once. The connected
-/// socket then moves to the ring; no byte was exchanged before that.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<PeerStream> {
+/// Connects to `addr` on `driver`, giving up after `timeout`. The connect
+/// runs on a non-blocking socket watched by the runtime's reactor (both
+/// drivers run on a tokio runtime with its I/O driver), not as an io_uring
+/// op: a dropped io_uring connect keeps its socket open until the kernel
+/// gives up on the SYN (about two minutes), so thousands of unreachable peers
+/// would pile up fds. Here a timed-out connect closes its socket at once. The
+/// connected socket then moves to the shard's driver; no byte was exchanged
+/// before that.
+pub async fn connect(
+    driver: IoDriver,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<PeerStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     // On timeout the future, and the socket it owns, is dropped: closed now.
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let stream = stream.into_std()?;
-            // io_uring reads and writes expect a blocking-mode socket.
-            stream.set_nonblocking(false)?;
-            adopt(stream)
-        }
+        Ok(Ok(stream)) => match driver {
+            IoDriver::Uring => {
+                let stream = stream.into_std()?;
+                // io_uring reads and writes expect a blocking-mode socket.
+                stream.set_nonblocking(false)?;
+                adopt(driver, stream)
+            }
+            IoDriver::Epoll => {
+                stream.set_nodelay(true)?;
+                Ok(PeerStream::Epoll(stream))
+            }
+        },
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
@@ -53,20 +70,46 @@ pub fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1))
 }
 
-/// Adopts a connected std socket (from the listener) into this shard's ring.
-pub fn adopt(stream: std::net::TcpStream) -> io::Result<PeerStream> {
+/// Adopts a connected std socket (from the listener) into this shard's
+/// driver.
+pub fn adopt(driver: IoDriver, stream: std::net::TcpStream) -> io::Result<PeerStream> {
     stream.set_nodelay(true)?;
-    Ok(TcpStream::from_std(stream))
+    Ok(match driver {
+        IoDriver::Uring => PeerStream::Uring(tokio_uring::net::TcpStream::from_std(stream)),
+        IoDriver::Epoll => {
+            stream.set_nonblocking(true)?;
+            PeerStream::Epoll(tokio::net::TcpStream::from_std(stream)?)
+        }
+    })
 }
 
 /// Reads once into the spare capacity of `buf` (its length grows by the bytes
 /// read). Returns 0 at end of stream. `buf` must have spare capacity.
-pub async fn read_into_spare(stream: &PeerStream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+pub async fn read_into_spare(
+    stream: &PeerStream,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
     debug_assert!(buf.len() < buf.capacity(), "read needs spare capacity");
-    let start = buf.len();
-    let end = buf.capacity();
-    let (result, slice) = stream.read(buf.slice(start..end)).await;
-    (result, slice.into_inner())
+    match stream {
+        PeerStream::Uring(s) => {
+            let start = buf.len();
+            let end = buf.capacity();
+            let (result, slice) = s.read(buf.slice(start..end)).await;
+            (result, slice.into_inner())
+        }
+        PeerStream::Epoll(s) => loop {
+            if let Err(e) = s.readable().await {
+                return (Err(e), buf);
+            }
+            // `try_read_buf` fills the spare capacity of a Vec that has some
+            // (it never grows one that has spare room).
+            match s.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return (Err(e), buf),
+            }
+        },
+    }
 }
 
 /// Writes all of `buf`.
@@ -74,22 +117,42 @@ pub async fn write_all(stream: &PeerStream, buf: Vec<u8>) -> (io::Result<()>, Ve
     if buf.is_empty() {
         return (Ok(()), buf);
     }
-    stream.write_all(buf).await
+    match stream {
+        PeerStream::Uring(s) => s.write_all(buf).await,
+        PeerStream::Epoll(s) => {
+            let mut written = 0;
+            while written < buf.len() {
+                if let Err(e) = s.writable().await {
+                    return (Err(e), buf);
+                }
+                match s.try_write(&buf[written..]) {
+                    Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+            (Ok(()), buf)
+        }
+    }
 }
 
 /// Shuts both directions down: a read in flight returns 0, so the reader task
 /// ends without a timeout on the read itself.
 pub fn shutdown(stream: &PeerStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = match stream {
+        PeerStream::Uring(s) => s.shutdown(std::net::Shutdown::Both),
+        PeerStream::Epoll(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Both),
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::driver;
     use std::io::{Read, Write};
 
-    #[test]
-    fn reads_append_after_unparsed_bytes_and_shutdown_ends_a_read() {
+    fn reads_append_after_unparsed_bytes_and_shutdown_ends_a_read(io_driver: IoDriver) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
@@ -103,8 +166,8 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest);
         });
-        tokio_uring::start(async move {
-            let stream = connect(addr, Duration::from_secs(5)).await.unwrap();
+        driver::block_on(io_driver, async move {
+            let stream = connect(io_driver, addr, Duration::from_secs(5)).await.unwrap();
             let mut buf = Vec::with_capacity(64);
             while buf.len() < 11 {
                 let (n, b) = read_into_spare(&stream, buf).await;
@@ -112,11 +175,12 @@ mod tests {
                 buf = b;
             }
             assert_eq!(&buf, b"hello world");
+            assert_eq!(buf.capacity(), 64, "reads never grow the buffer");
             let (r, _) = write_all(&stream, b"pong".to_vec()).await;
             r.unwrap();
             let stream = std::rc::Rc::new(stream);
             let reader = stream.clone();
-            let pending = tokio_uring::spawn(async move {
+            let pending = driver::spawn(async move {
                 let (n, _) = read_into_spare(&reader, Vec::with_capacity(16)).await;
                 n
             });
@@ -124,7 +188,8 @@ mod tests {
             shutdown(&stream);
             let n = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap();
             assert_eq!(n.unwrap(), 0, "shutdown ends the read with end of stream");
-        });
+        })
+        .unwrap();
         server.join().unwrap();
     }
 
@@ -159,11 +224,11 @@ mod tests {
             let remote = format!("0100007F:{:04X}", addr.port());
             table.lines().filter(|l| l.contains(&remote) && l.contains(" 02 ")).count()
         };
-        tokio_uring::start(async move {
+        driver::block_on(IoDriver::Uring, async move {
             let before = syn_sent();
             let mut timed_out = 0;
             for _ in 0..40 {
-                match connect(addr, Duration::from_millis(50)).await {
+                match connect(IoDriver::Uring, addr, Duration::from_millis(50)).await {
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => timed_out += 1,
                     Err(_) => {}
                     Ok(s) => drop(s),
@@ -172,7 +237,41 @@ mod tests {
             assert!(timed_out >= 30, "connects must hang for the test to mean anything");
             let after = syn_sent();
             assert!(after <= before, "sockets left open: {before} before, {after} after");
-        });
+        })
+        .unwrap();
         drop(fillers);
+    }
+
+    #[test]
+    fn uring_reads_append_after_unparsed_bytes_and_shutdown_ends_a_read() {
+        reads_append_after_unparsed_bytes_and_shutdown_ends_a_read(IoDriver::Uring);
+    }
+
+    #[test]
+    fn epoll_reads_append_after_unparsed_bytes_and_shutdown_ends_a_read() {
+        reads_append_after_unparsed_bytes_and_shutdown_ends_a_read(IoDriver::Epoll);
+    }
+
+    #[test]
+    fn epoll_adopts_a_listener_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"ping").unwrap();
+        });
+        let (accepted, _) = listener.accept().unwrap();
+        driver::block_on(IoDriver::Epoll, async move {
+            let stream = adopt(IoDriver::Epoll, accepted).unwrap();
+            let mut buf = Vec::with_capacity(16);
+            while buf.len() < 4 {
+                let (n, b) = read_into_spare(&stream, buf).await;
+                assert!(n.unwrap() > 0);
+                buf = b;
+            }
+            assert_eq!(&buf, b"ping");
+        })
+        .unwrap();
+        client.join().unwrap();
     }
 }

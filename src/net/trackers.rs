@@ -169,7 +169,8 @@ impl PeerSink {
     }
 
     /// Never blocks: a full or closed queue drops the batch and counts it.
-    fn deliver(&self, batch: PeerBatch) {
+    /// (The DHT driver delivers through the same sinks.)
+    pub(crate) fn deliver(&self, batch: PeerBatch) {
         let count = batch.peers.len() as u64;
         if self.sender.try_send(batch).is_err() {
             self.dropped_peers.fetch_add(count, Ordering::Relaxed);

@@ -49,6 +49,7 @@
 //!   bad data).
 
 use super::bufpool::BufPool;
+use super::driver::IoDriver;
 use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
@@ -192,6 +193,8 @@ pub struct ShardContext {
     /// Outgoing connects in flight in the whole process (shared by every
     /// shard).
     pub process_half_open: Arc<AtomicUsize>,
+    /// The I/O driver this shard runs.
+    pub driver: IoDriver,
 }
 
 /// One outgoing connect's place in the shard's and the process's half-open
@@ -223,16 +226,22 @@ impl Drop for HalfOpenPermit {
     }
 }
 
+/// What a shard's context is built from: the process-wide parts every
+/// shard shares.
+pub struct ShardShared {
+    pub config: Arc<Config>,
+    pub hash_pool: Arc<HashPool>,
+    pub trackers: Option<TrackerHandle>,
+    pub rate_limits: Arc<ProcessRateLimits>,
+    /// Outgoing connects in flight in the whole process.
+    pub process_half_open: Arc<AtomicUsize>,
+    pub driver: IoDriver,
+}
+
 impl ShardContext {
-    pub fn new(
-        index: usize,
-        shard_count: usize,
-        config: Arc<Config>,
-        hash_pool: Arc<HashPool>,
-        trackers: Option<TrackerHandle>,
-        rate_limits: Arc<ProcessRateLimits>,
-        process_half_open: Arc<AtomicUsize>,
-    ) -> Rc<ShardContext> {
+    pub fn new(index: usize, shard_count: usize, shared: ShardShared) -> Rc<ShardContext> {
+        let ShardShared { config, hash_pool, trackers, rate_limits, process_half_open, driver } =
+            shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
             index,
@@ -248,6 +257,7 @@ impl ShardContext {
             rate_limits,
             half_open: Cell::new(0),
             process_half_open,
+            driver,
         })
     }
 }
@@ -292,10 +302,14 @@ impl TorrentTask {
         spec: TorrentSpec,
     ) -> Result<Rc<TorrentTask>, String> {
         let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
-        let store =
-            PieceStore::open_async(&torrent.metainfo, &torrent.download_dir, torrent.store_options)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (metainfo, dir, options) =
+            (&torrent.metainfo, &torrent.download_dir, torrent.store_options);
+        let store = match ctx.driver {
+            IoDriver::Uring => PieceStore::open_async(metainfo, dir, options).await,
+            // No ring: file I/O on the runtime's bounded blocking pool.
+            IoDriver::Epoll => PieceStore::open_on_pool(metainfo, dir, options).await,
+        }
+        .map_err(|e| e.to_string())?;
         let info = &torrent.metainfo.info;
         let params = TorrentParams {
             info_hash: torrent.metainfo.info_hash,
@@ -337,7 +351,7 @@ impl TorrentTask {
         task.add_peers(&torrent.peers);
         task.drain_actions();
         let ticker = task.clone();
-        tokio_uring::spawn(async move { ticker.run_ticker().await });
+        super::driver::spawn(async move { ticker.run_ticker().await });
         Ok(task)
     }
 
@@ -504,7 +518,7 @@ impl TorrentTask {
             }
             self.half_open.set(self.half_open.get() + 1);
             let task = self.clone();
-            tokio_uring::spawn(async move {
+            super::driver::spawn(async move {
                 let result = task.open(addr, timeout).await;
                 drop(permit);
                 task.half_open.set(task.half_open.get() - 1);
@@ -562,7 +576,7 @@ impl TorrentTask {
         addr: SocketAddr,
         timeout: Duration,
     ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
-        let stream = peer_io::connect(addr, timeout).await?;
+        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
         let policy = self.ctx.config.encryption;
         if !policy.uses_mse() {
             return Ok((stream, PeerCipher::plaintext(), Vec::new()));
@@ -585,7 +599,7 @@ impl TorrentTask {
             return Err(std::io::Error::other(error));
         }
         tracing::debug!(%addr, %error, "MSE failed: retrying in plaintext");
-        let stream = peer_io::connect(addr, timeout).await?;
+        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
         Ok((stream, PeerCipher::plaintext(), Vec::new()))
     }
 
@@ -602,7 +616,7 @@ impl TorrentTask {
         if self.stopped.get() || self.ctx.connections.get() >= self.ctx.max_connections {
             return;
         }
-        let stream = match peer_io::adopt(stream) {
+        let stream = match peer_io::adopt(self.ctx.driver, stream) {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%addr, %error, "adopt");
@@ -645,11 +659,11 @@ impl TorrentTask {
         let PeerCipher { encrypt, decrypt } = cipher;
         let reader = self.clone();
         let read_stream = stream.clone();
-        tokio_uring::spawn(async move {
+        super::driver::spawn(async move {
             reader.read_loop(conn, token, read_stream, decrypt, leftover).await
         });
         let writer = self.clone();
-        tokio_uring::spawn(
+        super::driver::spawn(
             async move { writer.write_loop(conn, token, stream, wake, encrypt).await },
         );
     }
@@ -765,7 +779,7 @@ impl TorrentTask {
                 Action::HashPiece { piece, data, expected } => self.hash(piece, data, expected),
                 Action::WritePiece { piece, data } => {
                     let task = self.clone();
-                    tokio_uring::spawn(async move { task.write_piece(piece, data).await });
+                    super::driver::spawn(async move { task.write_piece(piece, data).await });
                 }
                 Action::ReadBlock { conn, request } if self.store.reads_at_once() => {
                     // Straight into the connection's outgoing bytes: no
@@ -786,7 +800,7 @@ impl TorrentTask {
                     let task = self.clone();
                     let buf = self.ctx.block_buffers.take();
                     let token = self.conns.borrow().get(&conn).map(|e| e.token);
-                    tokio_uring::spawn(async move {
+                    super::driver::spawn(async move {
                         let (result, buf) = task
                             .store
                             .read_block(request.piece, request.begin, request.length, buf)
@@ -848,7 +862,7 @@ impl TorrentTask {
         match self.ctx.hash_pool.submit(piece, data, expected) {
             Ok(verdict) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     let Ok(verdict) = verdict.await else { return };
                     task.core.borrow_mut().piece_hashed(verdict.index, verdict.ok, verdict.buf);
                     task.drain_actions();
@@ -859,7 +873,7 @@ impl TorrentTask {
             // is not produced by single submissions.)
             Err(SubmitError::Full(data)) | Err(SubmitError::BatchTooLarge { jobs: data, .. }) => {
                 let task = self.clone();
-                tokio_uring::spawn(async move {
+                super::driver::spawn(async move {
                     tokio::time::sleep(HASH_RETRY).await;
                     if !task.stopped.get() {
                         task.hash(piece, data, expected);

@@ -1,4 +1,5 @@
-//! Shards: one pinned thread per core, each running its own io_uring runtime.
+//! Shards: one pinned thread per core, each running its own runtime: io_uring,
+//! or epoll where the kernel refuses io_uring ([`driver`]).
 //!
 //! Layer: driver. A torrent lives on exactly one shard,
 //! [`InfoHash::shard`](crate::metainfo::InfoHash::shard)`(shard_count)`; shards
@@ -6,9 +7,10 @@
 //! through their bounded command channel ([`SHARD_COMMAND_QUEUE`]).
 //!
 //! Invariants:
-//! * every shard thread runs exactly one `tokio_uring` runtime for its whole
-//!   life, so everything spawned on it is `!Send` and single-threaded;
-//! * a shard thread never blocks on anything but its own ring;
+//! * every shard thread runs exactly one runtime ([`driver::ShardRuntime`])
+//!   for its whole life, so everything spawned on it is `!Send` and
+//!   single-threaded; every shard of a process runs the same driver;
+//! * a shard thread never blocks on anything but its own runtime;
 //! * [`ShardSet::shutdown`] returns only after every shard thread has exited,
 //!   and never waits on a full command queue: the stop signal is a
 //!   [`Notify`] beside the queue, not a command in it;
@@ -16,6 +18,7 @@
 //!   [`Config::max_half_open_total`] (one counter shared by every shard).
 
 pub mod bufpool;
+pub mod driver;
 pub mod engine;
 pub mod probe;
 
@@ -26,7 +29,7 @@ use crate::metainfo::InfoHash;
 use crate::net::listener::IncomingPeer;
 use crate::net::trackers::{PeerReceiver, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
-use engine::{ShardContext, TorrentSpec, TorrentTask};
+use engine::{ShardContext, ShardShared, TorrentSpec, TorrentTask};
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -110,7 +113,7 @@ pub enum ShardError {
     Uring(#[from] probe::UringUnavailable),
     #[error("cannot spawn shard thread {index}: {source}")]
     Spawn { index: usize, source: std::io::Error },
-    #[error("shard {index} failed to start its io_uring runtime: {source}")]
+    #[error("shard {index} failed to start its runtime: {source}")]
     Runtime { index: usize, source: std::io::Error },
     #[error("shard {index} has stopped")]
     Stopped { index: usize },
@@ -127,15 +130,25 @@ struct Shard {
 /// All shards of the process.
 pub struct ShardSet {
     shards: Vec<Shard>,
+    driver: driver::DriverSelection,
 }
 
 impl ShardSet {
-    /// Probes io_uring, then starts one shard thread per `inits` entry (at
+    /// Chooses the I/O driver (`config.io_driver` of the first init; see
+    /// [`driver::select`]), then starts one shard thread per `inits` entry (at
     /// least one), shard `i` pinned to core `i % cores` when `pin` is set.
     pub fn start(inits: Vec<ShardInit>, pin: bool) -> Result<ShardSet, ShardError> {
-        probe::probe_io_uring()?;
         let count = inits.len();
         assert!(count > 0, "at least one shard");
+        let selection = driver::select(inits[0].config.io_driver)?;
+        if selection.driver == driver::IoDriver::Epoll
+            && inits[0].config.io_driver == crate::config::IoDriverChoice::Auto
+        {
+            tracing::warn!(reason = %selection.reason, "I/O driver: epoll (io_uring refused)");
+        } else {
+            tracing::info!(driver = %selection.driver, reason = %selection.reason, "I/O driver");
+        }
+        let io_driver = selection.driver;
         let cores =
             if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut shards = Vec::with_capacity(count);
@@ -146,7 +159,11 @@ impl ShardSet {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let stop = Arc::new(Notify::new());
-            let signals = ShardSignals { stop: stop.clone(), half_open: process_half_open.clone() };
+            let signals = ShardSignals {
+                stop: stop.clone(),
+                half_open: process_half_open.clone(),
+                io_driver,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("ringbit-shard-{index}"))
                 .spawn(move || shard_thread(index, count, core, init, signals, receiver, ready))
@@ -154,7 +171,7 @@ impl ShardSet {
             shards.push(Shard { commands, stop, thread: Some(thread) });
         }
         drop(ready_tx);
-        let mut set = ShardSet { shards };
+        let mut set = ShardSet { shards, driver: selection };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
@@ -169,6 +186,11 @@ impl ShardSet {
             }
         }
         Ok(set)
+    }
+
+    /// The I/O driver every shard runs, and why it was chosen.
+    pub fn driver(&self) -> &driver::DriverSelection {
+        &self.driver
     }
 
     /// Number of shards.
@@ -237,6 +259,8 @@ struct ShardSignals {
     stop: Arc<Notify>,
     /// Outgoing connects in flight in the whole process.
     half_open: Arc<AtomicUsize>,
+    /// The I/O driver every shard runs.
+    io_driver: driver::IoDriver,
 }
 
 fn shard_thread(
@@ -249,7 +273,8 @@ fn shard_thread(
     ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
 ) {
     let pinned = core.filter(|&c| core_affinity::set_for_current(c)).map(|c| c.id);
-    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+    let io_driver = signals.io_driver;
+    let runtime = match driver::ShardRuntime::new(io_driver) {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = ready.send((index, Err(error)));
@@ -261,11 +286,14 @@ fn shard_thread(
     let ctx = ShardContext::new(
         index,
         count,
-        init.config,
-        init.hash_pool,
-        init.trackers,
-        init.rate_limits,
-        signals.half_open,
+        ShardShared {
+            config: init.config,
+            hash_pool: init.hash_pool,
+            trackers: init.trackers,
+            rate_limits: init.rate_limits,
+            process_half_open: signals.half_open,
+            driver: io_driver,
+        },
     );
     let stop = signals.stop;
     let mut peers = init.peers;
@@ -302,7 +330,7 @@ fn shard_thread(
                     // pool): run it beside the loop so other torrents go on.
                     ctx.opening.borrow_mut().insert(info_hash, false);
                     let ctx = ctx.clone();
-                    tokio_uring::spawn(async move {
+                    driver::spawn(async move {
                         let started = TorrentTask::start(ctx.clone(), *spec).await;
                         let removed = ctx.opening.borrow_mut().remove(&info_hash) == Some(true);
                         match started {
@@ -336,7 +364,7 @@ fn shard_thread(
                     match task {
                         // Flushing waits on the ring: run it beside the loop.
                         Some(task) => {
-                            tokio_uring::spawn(async move {
+                            driver::spawn(async move {
                                 let _ = reply.send(Some(task.checkpoint().await));
                             });
                         }
@@ -379,9 +407,10 @@ fn shard_thread(
         }
     });
     // Operations still in flight (a connect to an unresponsive address) would
-    // make dropping the runtime wait for them (tokio-uring waits for every
-    // operation on drop). The shard is done: leave the ring open until the
-    // process exits rather than hang shutdown.
+    // make dropping an io_uring runtime wait for them (tokio-uring waits for
+    // every operation on drop), and an epoll runtime would wait for its
+    // blocking pool. The shard is done: leave the runtime until the process
+    // exits rather than hang shutdown.
     std::mem::forget(runtime);
     tracing::debug!(shard = index, "shard stopped");
 }

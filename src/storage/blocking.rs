@@ -2,8 +2,7 @@
 //! tokio-uring 0.5 exposes it) cannot do, so a shard never makes them itself.
 //!
 //! Layer: driver. Which operations come here, and why:
-//! * `ftruncate` (cutting a file longer than the torrent says, sizing a sparse
-//!   file): `IORING_OP_FTRUNCATE` exists only since Linux 6.9 and tokio-uring
+//! * `ftruncate` (sizing a sparse file): `IORING_OP_FTRUNCATE` exists only since Linux 6.9 and tokio-uring
 //!   0.5 has no call for it;
 //! * `posix_fadvise(WILLNEED)` readahead hints for upload reads:
 //!   `IORING_OP_FADVISE` exists (5.6) but tokio-uring 0.5 has no call for it;

@@ -35,6 +35,7 @@ pub mod blocking;
 pub mod check;
 mod mmap;
 pub mod partfile;
+mod pool;
 mod pwrite;
 pub mod resume;
 mod uring;
@@ -48,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use mmap::MmapStore;
+pub use pool::PoolStore;
 pub use pwrite::PwriteStore;
 pub use uring::{UringStore, DIRECT_IO_ALIGN};
 
@@ -439,6 +441,8 @@ pub enum PieceStore {
     Mmap(MmapStore),
     Pwrite(PwriteStore),
     Uring(UringStore),
+    /// The pwrite store on the runtime's blocking pool (epoll shards).
+    Pool(PoolStore),
 }
 
 impl PieceStore {
@@ -513,7 +517,7 @@ impl PieceStore {
                 blocking::run(move || match PieceStore::open(&metainfo.info, &dir, options)? {
                     PieceStore::Mmap(s) => Ok(Opened::Mmap(s)),
                     PieceStore::Pwrite(s) => Ok(Opened::Pwrite(s)),
-                    PieceStore::Uring(_) => unreachable!("not asked for"),
+                    PieceStore::Uring(_) | PieceStore::Pool(_) => unreachable!("not asked for"),
                 })
                 .await
                 .unwrap_or_else(|gone| {
@@ -542,11 +546,30 @@ impl PieceStore {
         Ok(PieceStore::Uring(UringStore::new(layout, paths, idle_close, options.direct_io)))
     }
 
+    /// [`PieceStore::open_async`] for a shard on the epoll driver: the mmap
+    /// backend as asked, every other one as the pwrite store on the
+    /// runtime's blocking pool ([`PoolStore`]), since there is no ring.
+    pub async fn open_on_pool(
+        info: &std::sync::Arc<crate::metainfo::Metainfo>,
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<PieceStore, StorageError> {
+        let backend = match options.backend {
+            Backend::Mmap => Backend::Mmap,
+            Backend::Pwrite | Backend::Uring => Backend::Pwrite,
+        };
+        match PieceStore::open_async(info, dir, StoreOptions { backend, ..options }).await? {
+            PieceStore::Pwrite(store) => Ok(PieceStore::Pool(PoolStore::new(store))),
+            other => Ok(other),
+        }
+    }
+
     pub fn layout(&self) -> &Layout {
         match self {
             PieceStore::Mmap(s) => s.layout(),
             PieceStore::Pwrite(s) => s.layout(),
             PieceStore::Uring(s) => s.layout(),
+            PieceStore::Pool(s) => s.layout(),
         }
     }
 
@@ -555,6 +578,7 @@ impl PieceStore {
             PieceStore::Mmap(_) => Backend::Mmap,
             PieceStore::Pwrite(_) => Backend::Pwrite,
             PieceStore::Uring(_) => Backend::Uring,
+            PieceStore::Pool(_) => Backend::Pwrite,
         }
     }
 
@@ -575,6 +599,7 @@ impl PieceStore {
                 (r, buf)
             }
             PieceStore::Uring(s) => s.write_piece(index, buf).await,
+            PieceStore::Pool(s) => s.write_piece(index, buf).await,
         }
     }
 
@@ -597,13 +622,14 @@ impl PieceStore {
                 (r, buf)
             }
             PieceStore::Uring(s) => s.read_block(index, begin, len, buf).await,
+            PieceStore::Pool(s) => s.read_block(index, begin, len, buf).await,
         }
     }
 
     /// True when reads complete at once (the mmap and pwrite backends), so
     /// [`PieceStore::append_block`] can serve a block with no await.
     pub fn reads_at_once(&self) -> bool {
-        !matches!(self, PieceStore::Uring(_))
+        !matches!(self, PieceStore::Uring(_) | PieceStore::Pool(_))
     }
 
     /// Appends the `len` bytes at `begin` of piece `index` to `out` (the
@@ -621,7 +647,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.append_block(index, begin, len, out),
             PieceStore::Pwrite(s) => s.append_block(index, begin, len, out),
-            PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
+            PieceStore::Uring(_) | PieceStore::Pool(_) => Err(StorageError::NotInUringRuntime),
         }
     }
 
@@ -631,6 +657,7 @@ impl PieceStore {
             PieceStore::Mmap(s) => s.flush(),
             PieceStore::Pwrite(s) => s.flush(),
             PieceStore::Uring(s) => s.flush().await,
+            PieceStore::Pool(s) => s.flush().await,
         }
     }
 
@@ -644,6 +671,7 @@ impl PieceStore {
         match self {
             PieceStore::Pwrite(s) => s.close_idle_files(now),
             PieceStore::Uring(s) => s.close_idle_files(now),
+            PieceStore::Pool(s) => s.close_idle_files(now),
             PieceStore::Mmap(_) => {}
         }
     }
@@ -656,6 +684,7 @@ impl PieceStore {
         match self {
             PieceStore::Pwrite(s) => s.close_clean_files(),
             PieceStore::Uring(s) => s.close_clean_files(),
+            PieceStore::Pool(s) => s.close_clean_files(),
             PieceStore::Mmap(_) => {}
         }
     }
@@ -667,6 +696,7 @@ impl PieceStore {
             PieceStore::Mmap(s) => s.open_file_count(),
             PieceStore::Pwrite(s) => s.open_file_count(),
             PieceStore::Uring(s) => s.open_file_count(),
+            PieceStore::Pool(s) => s.open_file_count(),
         }
     }
 
@@ -676,6 +706,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.write_piece(index, buf),
             PieceStore::Pwrite(s) => s.write_piece(index, buf),
+            PieceStore::Pool(s) => s.with_store(|s| s.write_piece(index, buf)),
             PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
         }
     }
@@ -691,6 +722,7 @@ impl PieceStore {
         match self {
             PieceStore::Mmap(s) => s.read_block(index, begin, len, buf),
             PieceStore::Pwrite(s) => s.read_block(index, begin, len, buf),
+            PieceStore::Pool(s) => s.with_store(|s| s.read_block(index, begin, len, buf)),
             PieceStore::Uring(_) => Err(StorageError::NotInUringRuntime),
         }
     }
@@ -1105,5 +1137,27 @@ mod tests {
             );
             assert_eq!(std::fs::read(&path).unwrap(), theirs, "{backend:?}: byte-identical");
         }
+        // The shard's open, on the ring, refuses it the same way.
+        let metainfo = std::sync::Arc::new(crate::metainfo::Metainfo {
+            info_hash: crate::metainfo::InfoHash([2; 20]),
+            info,
+            info_bytes: Vec::new(),
+            announce: None,
+            announce_list: Vec::new(),
+            url_list: Vec::new(),
+            creation_date: None,
+            comment: None,
+            created_by: None,
+        });
+        let dir_path = dir.path().to_path_buf();
+        let r = tokio_uring::start(async move {
+            let options = StoreOptions { backend: Backend::Uring, ..StoreOptions::default() };
+            PieceStore::open_async(&metainfo, &dir_path, options).await.map(|_| ())
+        });
+        assert!(
+            matches!(r, Err(StorageError::ExistsWithAnotherSize { size: 100, expected: 40, .. })),
+            "uring: {r:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), theirs, "uring: byte-identical");
     }
 }

@@ -466,9 +466,9 @@ fn readahead_hint(path: &Path, offset: u64, len: u64) {
 }
 
 /// Creates (or opens) the non-pad file `entry` under `dir` on the ring, with
-/// its directories, cuts it to the torrent's length if longer and reserves
-/// its space, then closes it: the ring version of [`super::open_file`], same
-/// rules. Returns its path.
+/// its directories, refuses it if it is longer than the torrent says, and
+/// reserves its space, then closes it: the ring version of
+/// [`super::open_file`], same rules. Returns its path.
 pub(crate) async fn prepare_file(
     entry: &FileEntry,
     dir: &Path,
@@ -499,8 +499,13 @@ pub(crate) async fn prepare_file(
     let st = file.get().statx().await.map_err(|e| StorageError::io(&path, "stat", e, 0))?;
     let current = st.stx_size;
     if current > entry.length {
-        // Longer than the torrent says: the extra bytes are not ours to serve.
-        set_len(&path, entry.length).await?;
+        // Longer than the torrent says: not a file ringbit wrote (it sizes
+        // every file at its first open); refused, never cut.
+        return Err(StorageError::ExistsWithAnotherSize {
+            path,
+            size: current,
+            expected: entry.length,
+        });
     }
     // Complete already (every block allocated): no fallocate, which would
     // bump the mtime and make the next start recheck the file.

@@ -607,3 +607,69 @@ fn daemon_opens_data_files_only_while_serving_them() {
     assert!(closed, "{} data files still open\n{}", fds_under(pid, data), daemon.log());
     daemon.stop();
 }
+
+/// Goal: the daemon logs a failed flush, shows it in the torrent's `error`
+/// field, counts it in `/metrics`, and its resume state claims none of the
+/// pieces the failed flush may have lost (issue 11, section 4).
+/// Setup: the daemon's download dir on `durability::FailFs` (failing: writes
+/// dropped, fsync EIO; no fallocate, so `allocation = "sparse"`), checkpoints
+/// every second; a libtorrent seeder of 8 MiB dials it once the torrent is
+/// added by upload.
+/// Check: the torrent goes to state `error` with "flush failed" in its
+/// error; `ringbit_storage_flush_failures_total` >= 1 and `flush_failures`
+/// in the status agree; the log has "checkpoint failed"; the resume file
+/// claims no piece; failfs counted failed fsyncs; the daemon stops cleanly.
+#[test]
+fn a_failed_checkpoint_stops_the_torrent_and_is_reported() {
+    let payload = Payload::single_file("daemon-durable.bin", 8 << 20, 18);
+    let torrent = payload.torrent(&[]);
+    let mut seeder = Seeder::start(PeerKind::Libtorrent, &torrent, &payload.save_path, None);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = crate::durability::FailFs::mount(
+        &dir.path().join("backing"),
+        &dir.path().join("mnt"),
+        &dir.path().join("failing"),
+    );
+    fs.set_failing(true);
+    let port = helpers::free_port();
+    let config = dir.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\ndownload_dir = \"{}\"\nlisten_port = {port}\n\
+             bind = [\"127.0.0.1\"]\napi_listen = \"127.0.0.1:0\"\nshards = 1\n\
+             trackers = false\nallocation = \"sparse\"\nresume_save_interval_secs = 1\n",
+            fs.mountpoint.join("data").display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
+    let upload = std::fs::read(&torrent).unwrap();
+    let (code, body) =
+        daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", &upload);
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    seeder.connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+
+    let path = format!("/api/v1/torrents/{}", payload.info_hash);
+    let mut view = serde_json::Value::Null;
+    let failed = helpers::wait_until(DOWNLOAD_LIMIT, || {
+        view = daemon.get_json(&path);
+        view["state"] == "error"
+    });
+    assert!(failed, "no error state: {view}\n{}", daemon.log());
+    let error = view["error"].as_str().unwrap_or_default();
+    assert!(error.contains("flush failed"), "{view}");
+    assert!(fs.failed_syncs() >= 1, "failfs saw no fsync:\n{}", fs.log());
+    let metrics = String::from_utf8(daemon.request("GET", "/metrics", "", b"").1).unwrap();
+    let counted = metric(&metrics, "ringbit_storage_flush_failures_total", "").unwrap_or(0.0);
+    assert!(counted >= 1.0, "{metrics}");
+    assert_eq!(daemon.status()["flush_failures"].as_f64(), Some(counted));
+    assert!(daemon.log().contains("checkpoint failed"), "{}", daemon.log());
+    let bytes = std::fs::read(state.join(format!("{}.resume", payload.info_hash))).unwrap();
+    let info = ringbit::metainfo::Metainfo::from_file(&torrent).unwrap();
+    let resume =
+        ringbit::resume::decode(&bytes, info.info_hash, info.info.piece_count(), 1).unwrap();
+    assert_eq!(resume.have.count(), 0, "resume state claims pieces a failed flush may have lost");
+    daemon.stop();
+}

@@ -43,11 +43,22 @@ impl Ringbit {
     /// `ringbit -v download TORRENT -o OUT --bind 127.0.0.1 --port P
     /// [--peer A]... EXTRA...`.
     pub fn download(torrent: &Path, out: &Path, peers: &[SocketAddr], extra: &[&str]) -> Ringbit {
+        Ringbit::download_by(helpers::ringbit(), torrent, out, peers, extra)
+    }
+
+    /// [`Ringbit::download`] run by `cmd` (the binary, or a wrapper that
+    /// runs it: [`helpers::ringbit_under`]).
+    pub fn download_by(
+        mut cmd: std::process::Command,
+        torrent: &Path,
+        out: &Path,
+        peers: &[SocketAddr],
+        extra: &[&str],
+    ) -> Ringbit {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("ringbit.log");
         let file = std::fs::File::create(&log).unwrap();
         let port = helpers::free_port();
-        let mut cmd = helpers::ringbit();
         cmd.env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             // RINGBIT_IT_VERBOSITY=-vv for debug logs when a test fails.

@@ -28,15 +28,15 @@ const MOUNT_LIMIT: Duration = Duration::from_secs(20);
 /// A mounted `failfs.py`: ROOT (backing directory) served at MOUNTPOINT;
 /// failing while CONTROL exists. Unmounted (lazily) and its process reaped
 /// when dropped.
-struct FailFs {
+pub(crate) struct FailFs {
     guard: ChildGuard,
-    mountpoint: PathBuf,
+    pub(crate) mountpoint: PathBuf,
     control: PathBuf,
     log: PathBuf,
 }
 
 impl FailFs {
-    fn mount(root: &Path, mountpoint: &Path, control: &Path) -> FailFs {
+    pub(crate) fn mount(root: &Path, mountpoint: &Path, control: &Path) -> FailFs {
         std::fs::create_dir_all(root).unwrap();
         std::fs::create_dir_all(mountpoint).unwrap();
         let python = helpers::require_tool("python3");
@@ -65,7 +65,7 @@ impl FailFs {
         fs
     }
 
-    fn set_failing(&self, failing: bool) {
+    pub(crate) fn set_failing(&self, failing: bool) {
         if failing {
             std::fs::write(&self.control, b"").unwrap();
         } else {
@@ -74,7 +74,7 @@ impl FailFs {
     }
 
     /// `failed_syncs` as counted by the filesystem.
-    fn failed_syncs(&self) -> u64 {
+    pub(crate) fn failed_syncs(&self) -> u64 {
         let stats = std::fs::read_to_string(format!("{}.stats", self.control.display()))
             .unwrap_or_default();
         stats
@@ -84,7 +84,7 @@ impl FailFs {
             .unwrap_or(0)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 pub fn ringbit() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbit"));
     cmd.env("XDG_STATE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"));
+    // No DHT router: a test passes its loopback nodes with --dht-bootstrap.
+    cmd.env("RINGBIT_DHT_BOOTSTRAP", "none");
+    cmd
+}
+
+/// `ringbit` run by a wrapper command (`wrapper... ringbit ARGS`), with the
+/// same environment as [`ringbit`].
+pub fn ringbit_under(wrapper: &[&str]) -> Command {
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_ringbit"));
+    cmd.env("XDG_STATE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"));
     cmd
 }
 

@@ -9,13 +9,16 @@ mod helpers;
 
 mod api_security;
 mod daemon;
+mod dht;
 mod download;
+mod drivers;
 mod durability;
 mod encryption;
 mod foundation;
 mod hostile_peer;
 mod peer_harness_selftest;
 mod peers;
+mod qbt_api;
 mod seeding;
 mod storage;
 mod syscalls;
