@@ -10,9 +10,9 @@
 use crate::bencode::{self, DecodeLimits, OwnedValue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Our local id for `ut_metadata` (BEP 9). Advertised so peers know we will
-/// speak it; the metadata exchange itself is not implemented yet, so the
-/// torrent core ignores (and peers time out) requests that arrive on it.
+/// Our local id for `ut_metadata` (BEP 9), for when the metadata exchange is
+/// served. Not advertised yet: a peer that saw it would wait forever for
+/// metadata we do not send (a magnet user's client stalls).
 pub const UT_METADATA_ID: u8 = 1;
 
 /// Most entries of a peer's `m` dictionary we keep; real clients send < 10.
@@ -61,7 +61,7 @@ pub enum ExtensionError {
 }
 
 impl ExtensionHandshake {
-    /// What we send: `ut_metadata` (see [`UT_METADATA_ID`]), our client name,
+    /// What we send: no extension messages yet (see [`UT_METADATA_ID`]), our client name,
     /// the request queue depth we serve (`reqq`), our listen port, the
     /// address we see the peer at, and the metadata size when we have it.
     pub fn ours(
@@ -71,7 +71,7 @@ impl ExtensionHandshake {
         metadata_size: Option<u64>,
     ) -> ExtensionHandshake {
         ExtensionHandshake {
-            extensions: vec![("ut_metadata".to_string(), UT_METADATA_ID)],
+            extensions: Vec::new(),
             client: Some(CLIENT_NAME.to_string()),
             reqq: Some(reqq),
             listen_port,
@@ -166,7 +166,7 @@ mod tests {
             let mut out = Vec::new();
             hs.encode(&mut out);
             assert_eq!(ExtensionHandshake::decode(&out), Ok(hs.clone()));
-            assert_eq!(hs.extension_id("ut_metadata"), Some(UT_METADATA_ID));
+            assert_eq!(hs.extension_id("ut_metadata"), None, "not served, so not advertised");
             assert_eq!(hs.extension_id("ut_pex"), None);
         }
     }
