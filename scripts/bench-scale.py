@@ -554,6 +554,7 @@ class Ringbit(Client):
             f.write("download_dir = %s\n" % json.dumps(self.data_dir))
             f.write("api_listen = \"127.0.0.1:%d\"\n" % self.api_port)
             f.write("trackers = %s\n" % ("true" if self.args.tracker else "false"))
+            f.write("dht = false\n")  # loopback only: no bootstrap routers
             # The API reads .torrent files by path only under these roots.
             tor_dirs = sorted({os.path.dirname(t["path"]) for t in self.torrents})
             f.write("download_roots = %s\n" % json.dumps([self.data_dir] + tor_dirs))

@@ -278,7 +278,7 @@ class Seeder:
             # A state dir of its own: a restart (to dial a leecher) finds its
             # resume state and skips the recheck.
             cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port),
-                   "--bind", "127.0.0.1", "--state-dir",
+                   "--bind", "127.0.0.1", "--no-dht", "--state-dir",
                    os.path.join(workdir, "seed-state")] + ringbit_flags
             stdin = subprocess.DEVNULL
         self.cmd = cmd
@@ -381,7 +381,7 @@ class Leecher:
             # -v: the "download finished" line; a state dir of its own, so
             # runs do not share resume state.
             cmd = [a.ringbit, "-v", "download", torrent, "-o", self.out_dir, "--port", str(port),
-                   "--bind", "127.0.0.1", "--no-trackers", "--peer", seed_addr,
+                   "--bind", "127.0.0.1", "--no-trackers", "--no-dht", "--peer", seed_addr,
                    "--state-dir", os.path.join(run_dir, "state")] + a.ringbit_flag \
                 + a.ringbit_leech_flag
         else:

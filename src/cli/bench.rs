@@ -348,7 +348,9 @@ fn spawn(
         .arg(torrent)
         .arg("-o")
         .arg(dir)
-        .args(["--no-trackers", "--bind", "127.0.0.1"])
+        // Loopback only: no trackers, no DHT (it would look for the
+        // internet's bootstrap routers).
+        .args(["--no-trackers", "--no-dht", "--bind", "127.0.0.1"])
         // Each process its own resume state, inside the work directory.
         .arg("--state-dir")
         .arg(dir.with_extension("state"))

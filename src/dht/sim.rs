@@ -261,25 +261,3 @@ fn hostile_floods_are_bounded() {
     );
     assert!(victim.poll_transmit().is_some());
 }
-
-#[test]
-#[ignore]
-fn debug_seed() {
-    let seed = seed();
-    let mut net = Net::new(40, seed, 0.05, |_, _| {});
-    net.run_for(Duration::from_secs(60));
-    let torrent = InfoHash([0x42; 20]);
-    let now = net.now;
-    net.nodes[7].1.add_torrent(torrent, 7000, now);
-    net.run_for(Duration::from_secs(30));
-    net.nodes[31].1.add_torrent(torrent, 7001, now);
-    net.run_for(Duration::from_secs(30));
-    for (i, e) in &net.events {
-        if *i == 7 || *i == 31 {
-            eprintln!("{i}: {e:?}");
-        }
-    }
-    for (a, d) in &net.nodes {
-        eprintln!("{a} {:?}", d.stats());
-    }
-}
