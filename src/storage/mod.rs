@@ -264,6 +264,24 @@ pub(crate) fn open_files(
         .collect()
 }
 
+/// Creates and sizes every non-pad file of `info` under `dir`, one at a time,
+/// closing each (the lazily opening backends hold no fd until use); `None`
+/// for pad files.
+fn create_files(
+    info: &Info,
+    dir: &Path,
+    allocation: Allocation,
+) -> Result<Vec<Option<PathBuf>>, StorageError> {
+    info.files
+        .iter()
+        .map(|entry| match entry.pad {
+            true => Ok(None),
+            // The `OpenFile` is dropped here: its fd is closed.
+            false => Ok(Some(open_file(entry, dir, allocation)?.path)),
+        })
+        .collect()
+}
+
 /// Creates (or opens) the non-pad file `entry` read-write under `dir`, with
 /// its directories, and reserves its space. A file longer than the torrent
 /// says is refused, never cut: it is not one ringbit wrote (ringbit sizes
@@ -467,29 +485,14 @@ impl PieceStore {
                 // One file open at a time, closed once created and sized: a
                 // torrent with more files than the fd limit still loads,
                 // and an idle one holds no fd (see [`pwrite`]).
-                let mut paths = Vec::with_capacity(info.files.len());
-                for entry in &info.files {
-                    // The `OpenFile` is dropped here: its fd is closed.
-                    let path = match entry.pad {
-                        true => None,
-                        false => Some(open_file(entry, dir, options.allocation)?.path),
-                    };
-                    paths.push(path);
-                }
+                let paths = create_files(info, dir, options.allocation)?;
                 let idle_close = Duration::from_secs(options.file_idle_close_secs);
                 Ok(PieceStore::Pwrite(PwriteStore::new(layout, paths, idle_close)))
             }
             Backend::Uring => {
                 // Created and sized here with std calls (this may run outside
                 // a ring: tools, tests); the shard uses `open_async`.
-                let mut paths = Vec::with_capacity(info.files.len());
-                for entry in &info.files {
-                    let path = match entry.pad {
-                        true => None,
-                        false => Some(open_file(entry, dir, options.allocation)?.path),
-                    };
-                    paths.push(path);
-                }
+                let paths = create_files(info, dir, options.allocation)?;
                 let idle_close = Duration::from_secs(options.file_idle_close_secs);
                 Ok(PieceStore::Uring(UringStore::new(layout, paths, idle_close, options.direct_io)))
             }
