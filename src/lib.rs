@@ -11,7 +11,7 @@
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
 //!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
-//!   [`rate_limit`], [`tracker`], [`resume`], [`utp`].
+//!   [`metadata`], [`pex`], [`rate_limit`], [`tracker`], [`resume`], [`utp`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -32,11 +32,13 @@ pub mod dht;
 pub mod hash;
 pub mod layout;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod mse;
 pub mod net;
 pub mod peer;
 pub mod peer_book;
+pub mod pex;
 pub mod picker;
 pub mod rate_limit;
 pub mod resume;

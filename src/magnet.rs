@@ -168,6 +168,27 @@ impl Magnet {
     }
 }
 
+/// The bytes of a .torrent file for an info dictionary fetched from peers
+/// (`info_bytes`, kept verbatim so the info hash stays the same) and a
+/// magnet's trackers (each its own tier, as libtorrent does for `tr=`).
+pub fn torrent_file_bytes(info_bytes: &[u8], trackers: &[String]) -> Vec<u8> {
+    use crate::bencode::{encode_bytes, OwnedValue};
+    let mut out = Vec::with_capacity(info_bytes.len() + 64 + trackers.len() * 64);
+    out.push(b'd');
+    if let Some(first) = trackers.first() {
+        encode_bytes(&mut out, b"announce");
+        encode_bytes(&mut out, first.as_bytes());
+        encode_bytes(&mut out, b"announce-list");
+        let tiers: Vec<OwnedValue> =
+            trackers.iter().map(|t| OwnedValue::List(vec![OwnedValue::from(t.as_str())])).collect();
+        OwnedValue::List(tiers).encode_into(&mut out);
+    }
+    encode_bytes(&mut out, b"info");
+    out.extend_from_slice(info_bytes);
+    out.push(b'e');
+    out
+}
+
 /// 40 hex digits or 32 base32 characters (either case) -> info hash.
 fn parse_btih(s: &str) -> Result<InfoHash, MagnetError> {
     let bad = || MagnetError::BadInfoHash(s.chars().take(64).collect());
@@ -249,6 +270,26 @@ mod tests {
             Err(MagnetError::TooMany { key: "tr", .. })
         ));
         assert!(matches!(Magnet::parse(&"a".repeat(100_000)), Err(MagnetError::TooLong(_))));
+    }
+
+    #[test]
+    fn torrent_file_keeps_the_info_bytes() {
+        use crate::bencode::OwnedValue;
+        let pieces = vec![7u8; 20];
+        let info = OwnedValue::dict()
+            .with("length", 5i64)
+            .with("name", "a.bin")
+            .with("piece length", 16384i64)
+            .with("pieces", pieces)
+            .encode();
+        let trackers = ["http://127.0.0.1:1/announce".to_string(), "udp://t:2".to_string()];
+        for trackers in [&trackers[..], &[]] {
+            let bytes = torrent_file_bytes(&info, trackers);
+            let m = crate::metainfo::Metainfo::from_bytes(&bytes).unwrap();
+            assert_eq!(m.info_bytes, info);
+            assert_eq!(m.info.name, "a.bin");
+            assert_eq!(m.tracker_tiers().concat(), trackers);
+        }
     }
 
     proptest::proptest! {

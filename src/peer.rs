@@ -336,6 +336,8 @@ pub struct Peer {
     /// Pieces we told the peer it may request while we choke it.
     our_allowed_fast: Vec<u32>,
     peer_extension: Option<ExtensionHandshake>,
+    /// Offer `ut_pex` in our extension handshake (off for private torrents).
+    pex: bool,
     /// Our requests to the peer, oldest first.
     outstanding: VecDeque<Outstanding>,
     /// The peer's requests to us, oldest first.
@@ -380,6 +382,7 @@ impl Peer {
             allowed_fast: Vec::new(),
             our_allowed_fast: Vec::new(),
             peer_extension: None,
+            pex: true,
             outstanding: VecDeque::new(),
             peer_requests: VecDeque::new(),
             requests_while_choked: 0,
@@ -814,9 +817,29 @@ impl Peer {
                 self.setup.peer_ip,
                 self.setup.metadata_size,
             );
+            let mut hs = hs;
+            if !self.pex {
+                hs.extensions.retain(|(name, _)| name != "ut_pex");
+            }
             let mut payload = Vec::new();
             hs.encode(&mut payload);
             self.send(Message::Extended { id: 0, payload: &payload }, now);
+        }
+    }
+
+    /// Whether our extension handshake offers `ut_pex` (BEP 11); the
+    /// torrent turns it off for private torrents (BEP 27). Call before the
+    /// handshake completes.
+    pub fn set_pex(&mut self, offer: bool) {
+        self.pex = offer;
+    }
+
+    /// Sends a BEP 10 extension message on `id`, the id the peer gave the
+    /// extension in its handshake (`ut_metadata` answers, `ut_pex`). Does
+    /// nothing when the extension protocol was not negotiated.
+    pub fn send_extended(&mut self, id: u8, payload: &[u8], now: Instant) {
+        if self.phase == Phase::Active && self.extensions && id != 0 {
+            self.send(Message::Extended { id, payload }, now);
         }
     }
 

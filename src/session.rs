@@ -16,11 +16,14 @@ use crate::metainfo::InfoHash;
 use crate::net::dht::{DhtHandle, DhtOptions};
 use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::mse_io::TorrentKeys;
+use crate::net::trackers::TorrentCounters;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
 use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
 use crate::shard::engine::{TorrentSpec, TorrentStatus};
+use crate::shard::metadata::FetchSpec;
+pub use crate::shard::metadata::FetchStatus;
 use crate::shard::{ShardCommand, ShardError, ShardInit, ShardSet};
 use crate::torrent::TorrentConfig;
 use crate::wire::PeerId;
@@ -93,6 +96,9 @@ pub struct Session {
     dht: Option<DhtHandle>,
     peer_id: PeerId,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentStatus>>>,
+    /// Tracker counters of magnet links whose metadata is being fetched:
+    /// the trackers keep reading them, so the torrent takes them over.
+    fetch_counters: Mutex<HashMap<InfoHash, Arc<TorrentCounters>>>,
     /// Every torrent by its MSE req2 hash, for the listener.
     torrent_keys: Arc<TorrentKeys>,
     rate_limits: Arc<ProcessRateLimits>,
@@ -188,6 +194,7 @@ impl Session {
             dht,
             peer_id,
             torrents: Mutex::new(HashMap::new()),
+            fetch_counters: Mutex::new(HashMap::new()),
             torrent_keys,
             rate_limits,
             _hash_pool: hash_pool,
@@ -238,7 +245,15 @@ impl Session {
             .filter(|&p| add.wanted.get(p) && !add.have.get(p))
             .map(|p| info.piece_size(p) as u64)
             .sum();
-        let status = TorrentStatus::new(info_hash, &add.have, left);
+        let mut status = TorrentStatus::new(info_hash, &add.have, left);
+        let fetched =
+            self.fetch_counters.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash);
+        if let (Some(counters), Some(fresh)) = (fetched, Arc::get_mut(&mut status)) {
+            // The trackers announced this torrent during its metadata fetch
+            // and keep reading these counters.
+            counters.left.store(left, std::sync::atomic::Ordering::Relaxed);
+            fresh.counters = counters;
+        }
         let ms = Duration::from_millis;
         let config = &self.config;
         let torrent_config = TorrentConfig {
@@ -288,6 +303,78 @@ impl Session {
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
         self.torrent_keys.insert(info_hash);
         Ok(status)
+    }
+
+    /// Starts fetching a magnet link's metadata (BEP 9) on the shard that
+    /// will own the torrent, and announces it to `trackers` at once (peers
+    /// they return are routed to the fetch). Poll the returned status; once
+    /// it has the metadata, build the torrent and [`Session::add`] it with
+    /// [`FetchStatus::sources`] among its peers. `left` is what trackers hear
+    /// meanwhile (the magnet's `xl`, when it has one).
+    pub fn fetch_metadata(
+        &self,
+        info_hash: InfoHash,
+        trackers: Vec<Vec<String>>,
+        peers: Vec<std::net::SocketAddr>,
+        left: u64,
+    ) -> Result<Arc<FetchStatus>, SessionError> {
+        if self.torrents.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&info_hash) {
+            return Err(SessionError::Duplicate(info_hash));
+        }
+        let status = FetchStatus::new(info_hash, left);
+        let spec = FetchSpec {
+            info_hash,
+            peer_id: self.peer_id,
+            listen_port: self.listen_port(),
+            peers,
+            status: status.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        self.shards.send_blocking(shard, ShardCommand::FetchMetadata(Box::new(spec), reply))?;
+        match answer.blocking_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(SessionError::Torrent { info_hash, reason }),
+            Err(_) => return Err(ShardError::Stopped { index: shard }.into()),
+        }
+        if let Some(handle) = &self.trackers {
+            if !trackers.is_empty() {
+                let deadline = std::time::Instant::now() + TRACKER_BUSY_WAIT;
+                loop {
+                    let result = handle.add_torrent(
+                        info_hash,
+                        trackers.clone(),
+                        self.listen_port(),
+                        status.counters.clone(),
+                    );
+                    match result {
+                        Err(TrackersError::Busy) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        other => break other?,
+                    }
+                }
+                self.fetch_counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info_hash, status.counters.clone());
+            }
+        }
+        Ok(status)
+    }
+
+    /// Stops a metadata fetch (its trackers hear `stopped`).
+    pub fn cancel_fetch(&self, info_hash: InfoHash) {
+        let counters =
+            self.fetch_counters.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash);
+        if let (Some(trackers), Some(_)) = (&self.trackers, counters) {
+            let _ = trackers.remove(info_hash);
+        }
+        let (reply, done) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        if self.shards.send_blocking(shard, ShardCommand::RemoveTorrent(info_hash, reply)).is_ok() {
+            let _ = done.blocking_recv();
+        }
     }
 
     /// Hands a torrent to the trackers, waiting while their queue is full (a

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 /// Arguments of `ringbit download`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .torrent file to download.
+    /// The .torrent file or magnet link (`magnet:?xt=urn:btih:...`) to
+    /// download. A magnet link's metadata is fetched from its peers (`x.pe`,
+    /// `--peer`) and trackers (`tr`), then saved beside the resume state.
     pub torrent: PathBuf,
 
     /// Directory to download into (created if missing). A multi-file torrent
@@ -61,10 +63,25 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let metainfo = Arc::new(
-        Metainfo::from_file(&args.torrent)
-            .with_context(|| format!("cannot load {}", args.torrent.display()))?,
-    );
+    let mut fetched = None;
+    let metainfo = match super::fetch::magnet_argument(&args.torrent) {
+        Some(uri) => {
+            let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+            let stop = super::engine_args::stop_flag()?;
+            let Some(resolved) = super::fetch::resolve(uri, &state_dir, &args.engine, &stop)?
+            else {
+                eprintln!("ringbit: interrupted before the metadata arrived");
+                return Ok(ExitCode::from(130));
+            };
+            let metainfo = resolved.metainfo.clone();
+            fetched = Some((resolved, stop));
+            metainfo
+        }
+        None => Arc::new(
+            Metainfo::from_file(&args.torrent)
+                .with_context(|| format!("cannot load {}", args.torrent.display()))?,
+        ),
+    };
     let info = &metainfo.info;
     let selector = build_selector(&args.only)?;
     // A multi-file torrent's paths start with its name (`multi/sub/c.bin`);
@@ -100,17 +117,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let have = existing_pieces(&metainfo, &args.output, &state_dir)?;
     let already = (0..info.piece_count()).all(|p| !wanted.get(p) || have.get(p));
     if already && !args.seed {
+        if let Some(session) = fetched.and_then(|(r, _)| r.session) {
+            session.shutdown();
+        }
         println!("{}: already complete in {}", info.name, args.output.display());
         return Ok(ExitCode::SUCCESS);
     }
 
-    let stop = super::engine_args::stop_flag()?;
-    let mut options = args.engine.session_options()?;
-    if let Some(dht) = options.dht.as_mut() {
-        dht.state_dir = Some(state_dir.clone());
-    }
-    let session = Session::start(options)?;
-    let peers = args.engine.peers()?;
+    // A magnet link's fetch already started the session (and learned peers).
+    let (session, stop, mut peers) = match fetched {
+        Some((resolved, stop)) => match resolved.session {
+            Some(session) => (session, stop, resolved.peers),
+            None => (Session::start(session_options(&args, &state_dir)?)?, stop, resolved.peers),
+        },
+        None => (
+            Session::start(session_options(&args, &state_dir)?)?,
+            super::engine_args::stop_flag()?,
+            Vec::new(),
+        ),
+    };
+    peers.extend(args.engine.peers()?);
     let status = session.add(AddTorrent {
         metainfo: metainfo.clone(),
         download_dir: args.output.clone(),
@@ -169,6 +195,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Outcome::Failed(error) => anyhow::bail!("{error}"),
     }
+}
+
+/// The session options of a download: the engine's, with the DHT's state
+/// kept beside the resume state.
+pub(super) fn session_options(
+    args: &Args,
+    state_dir: &Path,
+) -> anyhow::Result<crate::session::SessionOptions> {
+    let mut options = args.engine.session_options()?;
+    if let Some(dht) = options.dht.as_mut() {
+        dht.state_dir = Some(state_dir.to_path_buf());
+    }
+    Ok(options)
 }
 
 fn build_selector(globs: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {

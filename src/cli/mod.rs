@@ -15,6 +15,7 @@ mod create;
 mod daemon;
 mod download;
 mod engine_args;
+mod fetch;
 mod info;
 mod progress;
 mod seed;

@@ -31,6 +31,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod magnets;
 pub mod metrics;
 pub mod qbt;
 pub mod registry;
@@ -151,6 +152,11 @@ pub struct Daemon {
     started_at: Instant,
     startup: Startup,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Magnet links whose metadata is being fetched ([`magnets`]).
+    magnets: Mutex<magnets::Pending>,
+    magnet_jobs: Sender<magnets::MagnetJob>,
+    /// Peers a finished fetch learned, for its torrent's first dials.
+    magnet_peers: Mutex<std::collections::HashMap<InfoHash, Vec<std::net::SocketAddr>>>,
     /// Storage flushes that failed since the daemon started (all torrents).
     flush_failures: AtomicU64,
 }
@@ -220,6 +226,7 @@ impl Daemon {
         let session = Session::start(options)?;
         let (start_jobs, jobs) = crossbeam_channel::unbounded();
         let (stop_signal, stop_receiver) = crossbeam_channel::bounded(0);
+        let (magnet_jobs, magnet_receiver) = crossbeam_channel::unbounded();
         let daemon = Arc::new(Daemon {
             listen_port: session.listen_port(),
             shard_count: session.shard_count(),
@@ -238,6 +245,9 @@ impl Daemon {
             started_at: Instant::now(),
             startup: Startup::default(),
             threads: Mutex::new(Vec::new()),
+            magnets: Mutex::new(magnets::Pending::default()),
+            magnet_jobs,
+            magnet_peers: Mutex::new(std::collections::HashMap::new()),
             flush_failures: AtomicU64::new(0),
         });
         let starters = (crate::hash::default_threads() * 2).max(STARTER_THREADS_MIN);
@@ -247,6 +257,8 @@ impl Daemon {
             daemon.spawn(&format!("ringbit-start-{i}"), move || d.run_starter(jobs))?;
         }
         daemon.load_registry();
+        let d = daemon.clone();
+        daemon.spawn("ringbit-magnets", move || d.run_magnets(magnet_receiver))?;
         let d = daemon.clone();
         daemon.spawn("ringbit-resume", move || d.run_resume_saver())?;
         Ok(daemon)
@@ -400,7 +412,7 @@ impl Daemon {
                 file_idle_close_secs: self.config.file_idle_close_secs,
                 direct_io: self.config.direct_io,
             },
-            peers: Vec::new(),
+            peers: lock(&self.magnet_peers).remove(&info_hash).unwrap_or_default(),
         };
         let started = self.with_session(|s| {
             let status = s.add(add)?;
@@ -463,8 +475,9 @@ impl Daemon {
         }
     }
 
-    /// Adds a torrent from its .torrent bytes: registered, then checked and
-    /// started in the background. Returns its info hash and name.
+    /// Adds a torrent from its .torrent bytes (or a magnet link: see
+    /// [`Daemon::add_magnet`]): registered, then checked and started in the
+    /// background. Returns its info hash and name.
     pub fn add_torrent(
         &self,
         bytes: Vec<u8>,
@@ -472,6 +485,11 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
+        if magnets::is_magnet(&bytes) {
+            let uri = std::str::from_utf8(&bytes)
+                .map_err(|_| DaemonError::BadTorrent("magnet link is not UTF-8".into()))?;
+            return self.add_magnet(uri, download_dir, source, paused);
+        }
         let metainfo =
             Metainfo::from_bytes(&bytes).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
         let info_hash = metainfo.info_hash;
@@ -619,6 +637,9 @@ impl Daemon {
     /// Stops a torrent and forgets it (its data stays on disk; its resume
     /// state is deleted).
     pub fn remove(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        if self.remove_magnet(info_hash) {
+            return Ok(());
+        }
         let _ops = lock(&self.ops);
         self.settle_startup(info_hash);
         let entry =

@@ -1,4 +1,5 @@
-//! The watch directory: a `.torrent` file that appears there is added to the
+//! The watch directory: a `.torrent` file (or a `.magnet` file holding one
+//! magnet link) that appears there is added to the
 //! daemon; when the file goes, its torrent is stopped and forgotten.
 //!
 //! Layer: driver (a polling thread). Polling every `watch_interval_secs`
@@ -136,7 +137,8 @@ pub fn scan(dir: &Path, device: Option<u64>) -> std::io::Result<Scan> {
         };
         entries += 1;
         let path = entry.path();
-        if path.extension().is_none_or(|x| x != "torrent") {
+        // `.magnet`: a file holding one magnet link (see `magnets`).
+        if path.extension().is_none_or(|x| x != "torrent" && x != "magnet") {
             continue;
         }
         if out.files.len() + out.unreadable.len() >= WATCH_FILES_MAX {

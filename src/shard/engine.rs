@@ -328,6 +328,7 @@ impl TorrentTask {
             status.completed.store(true, Ordering::Release);
         }
         core.set_process_limits(ctx.rate_limits.clone());
+        core.serve_metadata(torrent.metainfo.clone());
         let book = PeerBook::new(PeerBookConfig {
             max_entries: ctx.config.max_known_peers_per_torrent,
             ..PeerBookConfig::default()
@@ -833,6 +834,11 @@ impl TorrentTask {
                             self.dialled_closed(entry.addr, false);
                         }
                     }
+                }
+                Action::Peers(peers) => {
+                    let (learned, ignored) = self.core.borrow().pex_counts();
+                    tracing::info!(count = peers.len(), learned, ignored, "peers learned from PEX");
+                    self.add_peers(&peers);
                 }
                 Action::Completed => {
                     if self.status.completed.swap(true, Ordering::AcqRel) {

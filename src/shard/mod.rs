@@ -20,6 +20,7 @@
 pub mod bufpool;
 pub mod driver;
 pub mod engine;
+pub mod metadata;
 pub mod probe;
 
 use crate::bitfield::Bitfield;
@@ -30,6 +31,9 @@ use crate::net::listener::IncomingPeer;
 use crate::net::trackers::{PeerReceiver, TrackerHandle};
 use crate::rate_limit::ProcessRateLimits;
 use engine::{ShardContext, ShardShared, TorrentSpec, TorrentTask};
+use metadata::{FetchSpec, FetchTask};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -57,7 +61,12 @@ pub enum ShardCommand {
     Info(oneshot::Sender<ShardInfo>),
     /// Start a torrent; the reply says whether its storage opened.
     AddTorrent(Box<TorrentSpec>, oneshot::Sender<Result<(), String>>),
-    /// Stop a torrent (connections closed, storage flushed), then reply.
+    /// Fetch a magnet link's metadata (BEP 9) on this shard: the fetch's
+    /// [`metadata::FetchStatus`] reports progress and the verified bytes.
+    /// The reply is an error when the torrent or a fetch for it runs here.
+    FetchMetadata(Box<FetchSpec>, oneshot::Sender<Result<(), String>>),
+    /// Stop a torrent (connections closed, storage flushed) or a metadata
+    /// fetch, then reply.
     RemoveTorrent(InfoHash, oneshot::Sender<()>),
     /// Flush a torrent's storage and reply with the pieces that were verified
     /// before the flush (so all of them are durable); `None` for an unknown
@@ -84,6 +93,7 @@ impl std::fmt::Debug for ShardCommand {
             ShardCommand::AddTorrent(spec, _) => {
                 write!(f, "AddTorrent({})", spec.torrent.metainfo.info_hash)
             }
+            ShardCommand::FetchMetadata(spec, _) => write!(f, "FetchMetadata({})", spec.info_hash),
             ShardCommand::RemoveTorrent(h, _) => write!(f, "RemoveTorrent({h})"),
             ShardCommand::Checkpoint(h, _) => write!(f, "Checkpoint({h})"),
             ShardCommand::SetRateLimits { info_hash, .. } => {
@@ -299,6 +309,13 @@ fn shard_thread(
     let mut peers = init.peers;
     runtime.block_on(async move {
         let info = ShardInfo { index, core: pinned };
+        // Metadata fetches of magnet links whose torrents will live here.
+        let fetches: RefCell<HashMap<InfoHash, Rc<FetchTask>>> = RefCell::new(HashMap::new());
+        let fetch_of = |info_hash: &InfoHash| {
+            let mut fetches = fetches.borrow_mut();
+            fetches.retain(|_, f| !f.is_done());
+            fetches.get(info_hash).cloned()
+        };
         loop {
             let command = tokio::select! {
                 // First: a shutdown is never stuck behind a full queue.
@@ -309,6 +326,8 @@ fn shard_thread(
                     let task = ctx.torrents.borrow().get(&batch.info_hash).cloned();
                     if let Some(task) = task {
                         task.add_peers(&batch.peers);
+                    } else if let Some(fetch) = fetch_of(&batch.info_hash) {
+                        fetch.add_peers(&batch.peers);
                     }
                     continue;
                 }
@@ -348,7 +367,22 @@ fn shard_thread(
                         }
                     });
                 }
+                ShardCommand::FetchMetadata(spec, reply) => {
+                    let info_hash = spec.info_hash;
+                    if ctx.torrents.borrow().contains_key(&info_hash)
+                        || fetch_of(&info_hash).is_some()
+                    {
+                        let _ = reply.send(Err(format!("torrent {info_hash} is already running")));
+                        continue;
+                    }
+                    let fetch = FetchTask::start(ctx.clone(), *spec);
+                    fetches.borrow_mut().insert(info_hash, fetch);
+                    let _ = reply.send(Ok(()));
+                }
                 ShardCommand::RemoveTorrent(info_hash, reply) => {
+                    if let Some(fetch) = fetches.borrow_mut().remove(&info_hash) {
+                        fetch.stop();
+                    }
                     // Still opening: it stops as soon as its storage is open.
                     if let Some(removed) = ctx.opening.borrow_mut().get_mut(&info_hash) {
                         *removed = true;
@@ -395,10 +429,19 @@ fn shard_thread(
                             peer.cipher,
                             peer.leftover,
                         );
+                    } else if let Some(fetch) = fetch_of(&peer.handshake.info_hash) {
+                        // A fetch speaks plaintext only (MSE responders
+                        // know running torrents, not fetches).
+                        if !peer.cipher.is_rc4() {
+                            fetch.accept(peer.stream, peer.addr, peer.handshake, peer.leftover);
+                        }
                     }
                 }
                 ShardCommand::Shutdown => break,
             }
+        }
+        for (_, fetch) in fetches.borrow_mut().drain() {
+            fetch.stop();
         }
         let tasks: Vec<Rc<TorrentTask>> =
             ctx.torrents.borrow_mut().drain().map(|(_, t)| t).collect();

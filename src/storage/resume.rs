@@ -87,18 +87,41 @@ pub fn save_marked(
     }
     let state = ResumeState { info_hash, have: have.clone(), files };
     let bytes = resume::encode(&state);
+    write_atomically(state_dir, &resume_path(state_dir, info_hash), &bytes)
+}
+
+/// `<state_dir>/<infohash hex>.torrent`: the metainfo of a torrent that
+/// started from a magnet link, saved once its metadata arrived so a restart
+/// does not fetch it again.
+pub fn torrent_path(state_dir: &Path, info_hash: InfoHash) -> PathBuf {
+    state_dir.join(format!("{}.torrent", info_hash.to_hex()))
+}
+
+/// Atomically writes a fetched torrent's metainfo beside its resume state.
+pub fn save_torrent(
+    state_dir: &Path,
+    info_hash: InfoHash,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    write_atomically(state_dir, &torrent_path(state_dir, info_hash), bytes)
+}
+
+/// Writes `<path>.tmp`, fsyncs it, renames it over `path` and fsyncs the
+/// directory: a crash leaves the old file or the new one, never a torn one.
+fn write_atomically(state_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| StorageError::io(state_dir, "create directory", e, 0))?;
-    let path = resume_path(state_dir, info_hash);
-    let tmp = path.with_extension("resume.tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let len = bytes.len() as u64;
     {
         let mut f =
             std::fs::File::create(&tmp).map_err(|e| StorageError::io(&tmp, "create", e, len))?;
-        f.write_all(&bytes).map_err(|e| StorageError::io(&tmp, "write", e, len))?;
+        f.write_all(bytes).map_err(|e| StorageError::io(&tmp, "write", e, len))?;
         f.sync_all().map_err(|e| StorageError::io(&tmp, "fsync", e, 0))?;
     }
-    std::fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename", e, 0))?;
+    std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, "rename", e, 0))?;
     // The rename is durable only once the directory entry is.
     let dir =
         std::fs::File::open(state_dir).map_err(|e| StorageError::io(state_dir, "open", e, 0))?;

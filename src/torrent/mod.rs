@@ -75,10 +75,13 @@
 
 use crate::bitfield::Bitfield;
 use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot, TokenBucket};
-use crate::metainfo::InfoHash;
+use crate::metainfo::{InfoHash, Metainfo};
 use crate::peer::{Event, Peer, PeerConfig, PeerSetup, MAX_ALLOWED_FAST};
+use crate::pex::{PexInbox, PexMessage, PexSender, FLAG_REACHABLE, FLAG_SEED, UT_PEX_ID};
 use crate::picker::{BlockOutcome, PeerKey, Picker, PickerConfig, PickerError, BLOCK_SIZE};
 use crate::rate_limit::{burst_bytes, ProcessRateLimits, SharedTokenBucket, RATE_LIMIT_MIN_WAKE};
+use crate::wire::extension::UT_METADATA_ID;
+use crate::wire::ut_metadata::{self, MetadataMessage, METADATA_PIECE_LEN};
 use crate::wire::{allowed_fast_set, BlockRequest, Handshake, PeerId, ALLOWED_FAST_SET_SIZE};
 use bans::BanList;
 use slab::Slab;
@@ -135,6 +138,11 @@ pub const MAX_UPLOAD_READS_IN_FLIGHT: usize = 64;
 
 /// No new upload read starts while this many bytes wait to be sent to a peer.
 pub const UPLOAD_BUFFER_HIGH_WATER: usize = 2 * 1024 * 1024;
+
+/// Metadata pieces (BEP 9) served to one connection at most, beyond one
+/// full copy of the info dictionary: past it requests are rejected (a peer
+/// asking again and again for 16 KiB answers is an amplifier, not a leecher).
+pub const MAX_METADATA_PIECES_SERVED_EXTRA: u32 = 16;
 
 /// Most actions queued before the driver polls them (programmer error if
 /// exceeded: the driver drains after every call).
@@ -210,6 +218,8 @@ pub enum Action {
     ReadBlock { conn: ConnId, request: BlockRequest },
     /// Close the connection (the core has already forgotten it).
     Disconnect { conn: ConnId, reason: String, ban: bool },
+    /// Peer addresses learned from peers (PEX): candidates to dial.
+    Peers(Vec<SocketAddr>),
     /// Every wanted piece is verified and written.
     Completed,
 }
@@ -240,6 +250,14 @@ struct Conn {
     rejected_requests: u32,
     /// For the choker's new-peer weighting.
     connected_at: Instant,
+    /// `ut_metadata` pieces sent to this peer.
+    metadata_served: u32,
+    /// We dialled it (its address is a listening one).
+    outgoing: bool,
+    /// What PEX told this peer, and when.
+    pex: PexSender,
+    /// When its last PEX message arrived.
+    pex_received_at: Option<Instant>,
     /// The peer's canonical allowed-fast set (fast-extension peers only):
     /// each piece of it is offered once we have it.
     fast_set: Vec<u32>,
@@ -397,6 +415,13 @@ pub struct TorrentCore {
     /// connections, so the first one does not always get the budget.
     rate_cursor: usize,
     scratch_conns: Vec<ConnId>,
+    /// The torrent's metainfo, whose raw info dictionary is served to peers
+    /// over `ut_metadata` (`None`: requests are rejected).
+    metadata: Option<Arc<Metainfo>>,
+    /// Reused for `ut_metadata` answers.
+    scratch_metadata: Vec<u8>,
+    /// Addresses peers told us of (PEX), bounded.
+    pex_inbox: PexInbox,
 }
 
 impl TorrentCore {
@@ -455,9 +480,33 @@ impl TorrentCore {
             process_limits: None,
             rate_cursor: 0,
             scratch_conns: Vec::new(),
+            metadata: None,
+            scratch_metadata: Vec::new(),
+            pex_inbox: PexInbox::default(),
         };
         core.check_completed();
         Ok(core)
+    }
+
+    /// Serves `metainfo`'s info dictionary to peers that ask over
+    /// `ut_metadata` (BEP 9), so leechers starting from a magnet link can
+    /// get it from us. Its info hash must be this torrent's.
+    pub fn serve_metadata(&mut self, metainfo: Arc<Metainfo>) {
+        debug_assert_eq!(metainfo.info_hash, self.params.info_hash);
+        if metainfo.info_hash == self.params.info_hash {
+            self.metadata = Some(metainfo);
+        }
+    }
+
+    /// Whether PEX runs: only for a torrent whose metadata says it is
+    /// public (BEP 27: private torrents never use PEX).
+    pub fn pex_enabled(&self) -> bool {
+        self.metadata.as_ref().is_some_and(|m| !m.info.private)
+    }
+
+    /// Addresses learned by PEX so far, and those ignored by its bounds.
+    pub fn pex_counts(&self) -> (usize, u64) {
+        (self.pex_inbox.learned(), self.pex_inbox.ignored)
     }
 
     // ---- queries ----------------------------------------------------------
@@ -557,7 +606,9 @@ impl TorrentCore {
         self.observe(now);
         self.admit(addr)?;
         let peer = Peer::outgoing(self.config.peer.clone(), self.peer_setup(addr), now);
-        Ok(self.insert(addr, peer, now))
+        let conn = self.insert(addr, peer, now);
+        self.conns[conn].outgoing = true;
+        Ok(conn)
     }
 
     /// The listener accepted `addr` and read its `handshake`; ours is queued.
@@ -599,7 +650,8 @@ impl TorrentCore {
         Ok(())
     }
 
-    fn insert(&mut self, addr: SocketAddr, peer: Peer, now: Instant) -> ConnId {
+    fn insert(&mut self, addr: SocketAddr, mut peer: Peer, now: Instant) -> ConnId {
+        peer.set_pex(self.pex_enabled());
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let conn = self.conns.insert(Conn {
@@ -610,6 +662,10 @@ impl TorrentCore {
             upload_reads: 0,
             rejected_requests: 0,
             connected_at: now,
+            metadata_served: 0,
+            outgoing: false,
+            pex: PexSender::default(),
+            pex_received_at: None,
             fast_set: Vec::new(),
         });
         self.keys.insert(key, conn);
@@ -750,6 +806,7 @@ impl TorrentCore {
         if self.rechoke_soon || self.choker.rechoke_due(now) {
             self.rechoke(now);
         }
+        self.send_pex(now);
     }
 
     fn process_events(&mut self, conn: ConnId, buf: &[u8], now: Instant) {
@@ -823,9 +880,126 @@ impl TorrentCore {
             | Event::Unchoked
             | Event::AllowedFast(_)
             | Event::Suggest(_)
-            | Event::ExtensionHandshake
-            | Event::Extended { .. } => {}
+            | Event::ExtensionHandshake => {}
+            Event::Extended { id, payload } => {
+                if id == UT_METADATA_ID {
+                    self.on_ut_metadata(conn, &buf[payload], now);
+                } else if id == UT_PEX_ID && self.pex_enabled() {
+                    self.on_pex(conn, &buf[payload], now);
+                }
+            }
         }
+    }
+
+    /// A `ut_pex` message: new addresses go to the driver's candidates
+    /// (bounded and deduplicated by [`PexInbox`]).
+    fn on_pex(&mut self, conn: ConnId, payload: &[u8], now: Instant) {
+        let last = self.conns[conn].pex_received_at;
+        match self.pex_inbox.receive(payload, last, now) {
+            Ok(fresh) => {
+                self.conns[conn].pex_received_at = Some(now);
+                let fresh: Vec<SocketAddr> =
+                    fresh.into_iter().filter(|a| !self.is_banned(a.ip())).collect();
+                if !fresh.is_empty() {
+                    self.push(Action::Peers(fresh));
+                }
+            }
+            Err(error) => self.drop_conn(conn, error.to_string(), false),
+        }
+    }
+
+    /// Sends each PEX peer whose minute is up what changed among our
+    /// connections: only peers we are connected to, by listen address (an
+    /// incoming peer only once it told us its port), with true flags.
+    fn send_pex(&mut self, now: Instant) {
+        if !self.pex_enabled() {
+            return;
+        }
+        let mut connected: Vec<(ConnId, SocketAddr, u8)> = Vec::new();
+        for (id, c) in self.conns.iter() {
+            if !c.joined {
+                continue;
+            }
+            let listen = if c.outgoing {
+                Some(c.addr)
+            } else {
+                c.peer
+                    .extension_handshake()
+                    .and_then(|e| e.listen_port)
+                    .map(|port| SocketAddr::new(c.addr.ip(), port))
+            };
+            let Some(listen) = listen else { continue };
+            let mut flags = 0;
+            if c.peer.pieces().is_full() {
+                flags |= FLAG_SEED;
+            }
+            if c.outgoing {
+                flags |= FLAG_REACHABLE;
+            }
+            connected.push((id, listen, flags));
+        }
+        let mut others: Vec<(SocketAddr, u8)> = Vec::with_capacity(connected.len());
+        let mut body = Vec::new();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let c = &mut self.conns[id];
+            let Some(their_id) =
+                c.peer.extension_handshake().and_then(|e| e.extension_id("ut_pex"))
+            else {
+                continue;
+            };
+            if !c.joined {
+                continue;
+            }
+            others.clear();
+            others.extend(connected.iter().filter(|(o, _, _)| *o != id).map(|&(_, a, f)| (a, f)));
+            let Some(msg): Option<PexMessage> = c.pex.poll(&others, now) else { continue };
+            body.clear();
+            msg.encode(&mut body);
+            c.peer.send_extended(their_id, &body, now);
+        }
+    }
+
+    /// A `ut_metadata` message from a peer: requests are answered from the
+    /// info dictionary we hold, or rejected when we cannot (no metadata,
+    /// piece out of range, the peer asked too often, its outgoing buffer is
+    /// full). Data and rejects are ignored: a torrent never fetches.
+    fn on_ut_metadata(&mut self, conn: ConnId, payload: &[u8], now: Instant) {
+        let piece = match MetadataMessage::decode(payload) {
+            Ok(MetadataMessage::Request { piece }) => piece,
+            Ok(_) => return,
+            Err(error) => {
+                self.drop_conn(conn, error.to_string(), false);
+                return;
+            }
+        };
+        let c = &mut self.conns[conn];
+        let Some(their_id) =
+            c.peer.extension_handshake().and_then(|e| e.extension_id("ut_metadata"))
+        else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.scratch_metadata);
+        out.clear();
+        let info = self.metadata.as_deref().map(|m| m.info_bytes.as_slice());
+        let size = info.map_or(0, |i| i.len() as u32);
+        let count = ut_metadata::piece_count(size);
+        let may_serve = info.is_some()
+            && piece < count
+            && c.metadata_served < count.saturating_add(MAX_METADATA_PIECES_SERVED_EXTRA)
+            && c.peer.outgoing_len() < UPLOAD_BUFFER_HIGH_WATER;
+        match info {
+            Some(info) if may_serve => {
+                let start = piece as usize * METADATA_PIECE_LEN as usize;
+                let len = ut_metadata::piece_len(size, piece) as usize;
+                let data = &info[start..start + len];
+                MetadataMessage::Data { piece, total_size: u64::from(size), data }.encode(&mut out);
+                c.metadata_served += 1;
+            }
+            _ => MetadataMessage::Reject { piece }.encode(&mut out),
+        }
+        c.peer.send_extended(their_id, &out, now);
+        self.scratch_metadata = out;
     }
 
     fn on_block(&mut self, conn: ConnId, block: BlockRequest, data: &[u8], now: Instant) {

@@ -323,7 +323,7 @@ impl Swarm {
                         }
                     }
                 }
-                Action::Completed => {}
+                Action::Completed | Action::Peers(_) => {}
             }
         }
     }

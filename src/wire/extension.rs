@@ -10,10 +10,14 @@
 use crate::bencode::{self, DecodeLimits, OwnedValue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Our local id for `ut_metadata` (BEP 9), for when the metadata exchange is
-/// served. Not advertised yet: a peer that saw it would wait forever for
-/// metadata we do not send (a magnet user's client stalls).
+/// Our local id for `ut_metadata` (BEP 9): peers send their metadata
+/// requests (to a torrent we have) and pieces (to a fetch, see
+/// [`crate::metadata`]) on it.
 pub const UT_METADATA_ID: u8 = 1;
+
+/// Our local id for `ut_pex` (BEP 11): peers send their peer-exchange
+/// messages on it (see [`crate::pex`]). Not advertised on private torrents.
+pub const UT_PEX_ID: u8 = 2;
 
 /// Most entries of a peer's `m` dictionary we keep; real clients send < 10.
 pub const MAX_EXTENSIONS: usize = 32;
@@ -61,7 +65,8 @@ pub enum ExtensionError {
 }
 
 impl ExtensionHandshake {
-    /// What we send: no extension messages yet (see [`UT_METADATA_ID`]), our client name,
+    /// What we send: `ut_metadata` (see [`UT_METADATA_ID`]), `ut_pex`
+    /// ([`UT_PEX_ID`]; the peer drops it for private torrents), our client name,
     /// the request queue depth we serve (`reqq`), our listen port, the
     /// address we see the peer at, and the metadata size when we have it.
     pub fn ours(
@@ -71,7 +76,10 @@ impl ExtensionHandshake {
         metadata_size: Option<u64>,
     ) -> ExtensionHandshake {
         ExtensionHandshake {
-            extensions: Vec::new(),
+            extensions: vec![
+                ("ut_metadata".to_string(), UT_METADATA_ID),
+                ("ut_pex".to_string(), UT_PEX_ID),
+            ],
             client: Some(CLIENT_NAME.to_string()),
             reqq: Some(reqq),
             listen_port,
@@ -166,8 +174,9 @@ mod tests {
             let mut out = Vec::new();
             hs.encode(&mut out);
             assert_eq!(ExtensionHandshake::decode(&out), Ok(hs.clone()));
-            assert_eq!(hs.extension_id("ut_metadata"), None, "not served, so not advertised");
-            assert_eq!(hs.extension_id("ut_pex"), None);
+            assert_eq!(hs.extension_id("ut_metadata"), Some(UT_METADATA_ID));
+            assert_eq!(hs.extension_id("ut_pex"), Some(UT_PEX_ID));
+            assert_eq!(hs.extension_id("lt_donthave"), None);
         }
     }
 

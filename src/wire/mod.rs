@@ -17,6 +17,7 @@
 //! * [`handshake`]: the 68-byte handshake, reserved bits, Azureus-style peer id.
 //! * [`extension`]: the BEP 10 extension handshake dictionary.
 //! * [`allowed_fast`]: the canonical BEP 6 allowed-fast set of a peer.
+//! * [`ut_metadata`]: the BEP 9 metadata exchange message.
 //!
 //! Invariant: for every message `m`, `decode(encode(m)) == m` and uses exactly
 //! the encoded length; for every input, `decode` returns without panicking.
@@ -25,6 +26,7 @@ pub mod allowed_fast;
 pub mod extension;
 pub mod handshake;
 mod message;
+pub mod ut_metadata;
 
 pub use allowed_fast::{allowed_fast_set, ALLOWED_FAST_SET_SIZE};
 pub use extension::{ExtensionError, ExtensionHandshake};

@@ -608,6 +608,54 @@ fn daemon_opens_data_files_only_while_serving_them() {
     daemon.stop();
 }
 
+/// Goal: the daemon takes magnet links (issue 12): as the raw body of
+/// `POST /api/v1/torrents` and as a `.magnet` file in the watch directory; it
+/// fetches each one's metadata (BEP 9) from the link's `x.pe` peer, saves the
+/// .torrent beside the resume state and downloads the data.
+/// Setup: two single-file payloads, each seeded by its own libtorrent; no
+/// tracker.
+/// Check: the API answers 201 with the link's info hash; both torrents end up
+/// seeding with byte-identical data, and both .torrent files are saved.
+#[test]
+fn magnet_links_by_api_and_watch_dir_are_fetched_and_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "trackers = false\n");
+    let state = dir.path().join("state");
+    let payloads = [
+        Payload::single_file("by-api.bin", 1024 * 1024 + 7, 18),
+        Payload::single_file("by-watch.bin", 768 * 1024 + 3, 18),
+    ];
+    let seeders: Vec<Seeder> = payloads
+        .iter()
+        .map(|p| Seeder::start(PeerKind::Libtorrent, &p.torrent(&[]), &p.save_path, None))
+        .collect();
+    let links: Vec<String> = payloads
+        .iter()
+        .zip(&seeders)
+        .map(|(p, s)| {
+            format!("magnet:?xt=urn:btih:{}&dn={}&x.pe={}", p.info_hash, p.name, s.addr())
+        })
+        .collect();
+    let daemon = Daemon::start(&config, &state, &dir.path().join("daemon.log"));
+    let (code, body) =
+        daemon.request("POST", "/api/v1/torrents", "application/x-bittorrent", links[0].as_bytes());
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reply["info_hash"], payloads[0].info_hash);
+    std::fs::write(dir.path().join("watch/b.magnet"), &links[1]).unwrap();
+    let mut last = serde_json::Value::Null;
+    let both = helpers::wait_until(DOWNLOAD_LIMIT, || {
+        last = daemon.status();
+        last["by_state"]["seeding"] == 2
+    });
+    assert!(both, "not both seeding: {last}\n{}", daemon.log());
+    for p in &payloads {
+        helpers::assert_same_tree(&p.save_path, &dir.path().join("data"));
+        assert!(state.join(format!("{}.torrent", p.info_hash)).exists());
+    }
+    daemon.stop();
+}
+
 /// Goal: the daemon logs a failed flush, shows it in the torrent's `error`
 /// field, counts it in `/metrics`, and its resume state claims none of the
 /// pieces the failed flush may have lost (issue 11, section 4).

@@ -9,6 +9,7 @@ Every wait is bounded by --timeout. Output for the test is one JSON object on st
   recheck TORRENT SAVE_PATH                             force a recheck, print {"num_pieces","have","progress","seconds"}
   seed TORRENT SAVE_PATH --port P [--peer H:P]...       seed (seed_mode) until killed; prints {"listening":port} when ready
   leech TORRENT SAVE_PATH --port P [--peer H:P]...      download, exit 0 when complete, print {"seconds","bytes"}
+                                                        (TORRENT may be a magnet link)
 """
 import argparse
 import json
@@ -71,8 +72,13 @@ def cmd_info(a):
 
 
 def add(ses, a, flags=0):
-    p = lt.add_torrent_params()
-    p.ti = lt.torrent_info(a.torrent)
+    # A magnet link instead of a .torrent: libtorrent fetches the metadata
+    # (BEP 9) from the peers it meets, then downloads.
+    if a.torrent.startswith("magnet:"):
+        p = lt.parse_magnet_uri(a.torrent)
+    else:
+        p = lt.add_torrent_params()
+        p.ti = lt.torrent_info(a.torrent)
     p.save_path = a.save_path
     p.flags |= flags
     h = ses.add_torrent(p)
