@@ -10,3 +10,4 @@ pub mod peer_io;
 pub mod tracker_http;
 pub mod tracker_udp;
 pub mod trackers;
+pub mod udp;

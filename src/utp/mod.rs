@@ -677,3 +677,83 @@ impl Endpoint {
         Ok(())
     }
 }
+
+/// When the engine speaks uTP (`--utp`, daemon key `utp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UtpPolicy {
+    /// No uTP: no UDP socket for it, TCP only.
+    Off,
+    /// Incoming uTP accepted; outgoing dials TCP first and falls back to uTP
+    /// when the TCP connect fails (the default: servers usually reach peers
+    /// over TCP, and TCP is cheaper per byte).
+    #[default]
+    PreferTcp,
+    /// Incoming uTP accepted; outgoing dials uTP first and falls back to TCP
+    /// when the uTP connect fails (libtorrent's order).
+    On,
+    /// Outgoing connections over uTP only (tests and benchmarks); incoming
+    /// TCP is still accepted.
+    Only,
+}
+
+impl UtpPolicy {
+    /// A UDP socket is opened for uTP.
+    pub fn enabled(self) -> bool {
+        self != UtpPolicy::Off
+    }
+
+    /// The transports an outgoing connection tries, in order (`true` = uTP).
+    pub fn dial_order(self) -> &'static [bool] {
+        match self {
+            UtpPolicy::Off => &[false],
+            UtpPolicy::PreferTcp => &[false, true],
+            UtpPolicy::On => &[true, false],
+            UtpPolicy::Only => &[true],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UtpPolicy::Off => "off",
+            UtpPolicy::PreferTcp => "prefer-tcp",
+            UtpPolicy::On => "on",
+            UtpPolicy::Only => "only",
+        }
+    }
+}
+
+impl std::str::FromStr for UtpPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(UtpPolicy::Off),
+            "prefer-tcp" => Ok(UtpPolicy::PreferTcp),
+            "on" => Ok(UtpPolicy::On),
+            "only" => Ok(UtpPolicy::Only),
+            _ => Err(format!("bad uTP policy {s:?}: expected on, off, prefer-tcp or only")),
+        }
+    }
+}
+
+impl std::fmt::Display for UtpPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::UtpPolicy;
+
+    #[test]
+    fn policy_parses_and_orders_dials() {
+        for p in [UtpPolicy::Off, UtpPolicy::PreferTcp, UtpPolicy::On, UtpPolicy::Only] {
+            assert_eq!(p.as_str().parse::<UtpPolicy>().unwrap(), p);
+        }
+        assert!("maybe".parse::<UtpPolicy>().is_err());
+        assert_eq!(UtpPolicy::default(), UtpPolicy::PreferTcp);
+        assert_eq!(UtpPolicy::PreferTcp.dial_order(), &[false, true]);
+        assert_eq!(UtpPolicy::Only.dial_order(), &[true]);
+        assert!(!UtpPolicy::Off.enabled());
+    }
+}
