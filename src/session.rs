@@ -195,7 +195,15 @@ impl Session {
                 dht_options.port = listener.port();
                 dht_options.bind_ips = options.listen_ips.clone();
                 // Peers still come from trackers and --peer without it.
-                match DhtHandle::start(dht_options, sinks, listener.port()) {
+                // On the UDP driver's socket when uTP is on (one port).
+                let shared = udp.as_ref().and_then(|udp| match udp.attach_dht() {
+                    Ok(shared) => Some(shared),
+                    Err(error) => {
+                        tracing::warn!(%error, "DHT: cannot share the UDP port");
+                        None
+                    }
+                });
+                match DhtHandle::start_on(dht_options, sinks, listener.port(), shared) {
                     Ok(dht) => Some(dht),
                     Err(error) => {
                         tracing::warn!(%error, "DHT not started");

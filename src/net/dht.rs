@@ -228,13 +228,30 @@ impl DhtHandle {
     /// peers of shard `i`'s torrents; `listen_port` is our TCP peer port
     /// (peers at our own address are not delivered).
     pub fn start(
-        mut options: DhtOptions,
+        options: DhtOptions,
         sinks: Vec<PeerSink>,
         listen_port: u16,
     ) -> Result<DhtHandle, DhtError> {
+        DhtHandle::start_on(options, sinks, listen_port, None)
+    }
+
+    /// [`DhtHandle::start`], sharing the peer port with the UDP driver
+    /// when `shared` is given: its socket is then used for sending only,
+    /// and the DHT's datagrams arrive through the inbox (the UDP driver
+    /// receives every datagram of the port and demultiplexes them). IPv6
+    /// still gets a socket of its own.
+    pub fn start_on(
+        mut options: DhtOptions,
+        sinks: Vec<PeerSink>,
+        listen_port: u16,
+        shared: Option<(std::net::UdpSocket, crate::net::udp::DhtDatagrams)>,
+    ) -> Result<DhtHandle, DhtError> {
         let v4_ip = options.bind_ips.iter().copied().find(IpAddr::is_ipv4);
         let v6_ip = options.bind_ips.iter().copied().find(IpAddr::is_ipv6);
-        let v4 = v4_ip.and_then(|ip| bind_family(ip, options.port));
+        let (v4, inbox) = match shared {
+            Some((socket, inbox)) => (Some(socket), Some(inbox)),
+            None => (v4_ip.and_then(|ip| bind_family(ip, options.port)), None),
+        };
         let v6 = v6_ip.and_then(|ip| bind_family(ip, options.port));
         if v4.is_none() && v6.is_none() {
             return Err(DhtError::Bind(format!("no usable address in {:?}", options.bind_ips)));
@@ -279,7 +296,7 @@ impl DhtHandle {
                         report: DhtReport::default(),
                         foreign: options.foreign.clone(),
                     };
-                    driver.run(options, receiver).await;
+                    driver.run(options, receiver, inbox).await;
                 });
                 runtime.shutdown_timeout(Duration::from_millis(100));
                 let _ = done_sender.send(());
@@ -364,7 +381,14 @@ async fn resolve(hosts: &[String]) -> Vec<SocketAddr> {
 }
 
 impl Driver {
-    async fn run(mut self, options: DhtOptions, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        options: DhtOptions,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbox: Option<crate::net::udp::DhtDatagrams>,
+    ) {
+        // With an inbox the v4 socket is shared: the UDP driver reads it.
+        let read_v4 = inbox.is_none();
         let mut config = options.core.clone();
         config.bootstrap = resolve(&options.bootstrap).await;
         // Saved nodes are reused, saved ids are not: several processes may
@@ -396,15 +420,18 @@ impl Driver {
             }
             let wake = dht.poll_timeout().min(next_stats).min(next_save);
             tokio::select! {
-                received = recv(&self.v4, &mut buffer4) => {
+                received = recv(self.v4.as_ref().filter(|_| read_v4), &mut buffer4) => {
                     if let Some((len, from)) = received {
                         self.datagram(&mut dht, from, &buffer4[..len], len);
                     }
                 }
-                received = recv(&self.v6, &mut buffer6) => {
+                received = recv(self.v6.as_ref(), &mut buffer6) => {
                     if let Some((len, from)) = received {
                         self.datagram(&mut dht, from, &buffer6[..len], len);
                     }
+                }
+                Some((from, bytes)) = recv_inbox(&mut inbox) => {
+                    self.datagram(&mut dht, from, &bytes, bytes.len());
                 }
                 command = commands.recv() => {
                     let now = Instant::now();
@@ -498,9 +525,23 @@ impl Driver {
 
 /// Receives on `socket`, or waits forever when there is none. Errors (an
 /// ICMP port unreachable surfacing as ECONNREFUSED) are skipped.
-async fn recv(socket: &Option<UdpSocket>, buffer: &mut [u8]) -> Option<(usize, SocketAddr)> {
+async fn recv(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> Option<(usize, SocketAddr)> {
     match socket {
         Some(socket) => socket.recv_from(buffer).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next datagram the UDP driver passed on, or never without an inbox
+/// (or once the driver is gone).
+async fn recv_inbox(
+    inbox: &mut Option<crate::net::udp::DhtDatagrams>,
+) -> Option<(SocketAddr, Vec<u8>)> {
+    match inbox {
+        Some(inbox) => match inbox.recv().await {
+            Some(datagram) => Some(datagram),
+            None => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

@@ -334,8 +334,12 @@ fn hostile_datagrams_leave_utp_transfers_unharmed() {
     );
     // Another uTP peer gets in after the flood too.
     let out2 = tempfile::tempdir().unwrap();
-    let mut rb =
-        Ringbit::download(&torrent, out2.path(), &[seed.addr()], &["--no-trackers", "--utp", "only"]);
+    let mut rb = Ringbit::download(
+        &torrent,
+        out2.path(),
+        &[seed.addr()],
+        &["--no-trackers", "--utp", "only"],
+    );
     rb.wait_success(DOWNLOAD_LIMIT);
     helpers::assert_same_tree(&payload.save_path, out2.path());
     drop(seed);
