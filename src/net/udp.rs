@@ -941,3 +941,100 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::InfoHash;
+    use crate::wire::{Handshake, PeerId};
+
+    fn port(route: Route) -> (UdpPort, UtpConnector) {
+        let (connector, input) = channel();
+        let socket = bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let options = UdpOptions {
+            utp: UtpConfig::default(),
+            max_pending_handshakes: 4,
+            handshake_timeout: Duration::from_secs(5),
+            encryption: EncryptionPolicy::Disable,
+            torrents: Arc::default(),
+        };
+        (UdpPort::start(socket, input, options, route).unwrap(), connector)
+    }
+
+    /// Goal: a uTP connection through two drivers carries a BitTorrent
+    /// handshake to the acceptor's route and then bytes both ways, in order,
+    /// more than the read queue and the send budget hold at once (so
+    /// back-pressure is exercised); non-uTP, non-DHT datagrams are dropped
+    /// and counted; DHT datagrams reach an attached inbox.
+    #[test]
+    fn two_drivers_carry_a_stream_and_demultiplex_the_port() {
+        let (tx, rx) = std::sync::mpsc::channel::<IncomingPeer>();
+        let tx = Mutex::new(tx);
+        let (server, _) = port(Box::new(move |peer| tx.lock().unwrap().send(peer).is_ok()));
+        let (mut client, connector) = port(Box::new(|_| false));
+        let server_addr = server.local_addr();
+        let (_dht_socket, mut dht_inbox) = server.attach_dht().unwrap();
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .send_to(b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe", server_addr)
+            .unwrap();
+        probe.send_to(&[0xff; 30], server_addr).unwrap();
+        const LEN: usize = 3 * 1024 * 1024;
+        let data: Vec<u8> = (0..LEN).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let sent = data.clone();
+        let hs = Handshake::ours(InfoHash([3; 20]), PeerId::ours([4; 12]));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let stream = connector.connect(server_addr, Duration::from_secs(10)).await.unwrap();
+            stream.write_all(&hs.to_bytes()).await.unwrap();
+            let writer = async {
+                stream.write_all(&sent).await.unwrap();
+            };
+            let incoming = tokio::task::spawn_blocking(move || {
+                rx.recv_timeout(Duration::from_secs(10)).expect("the handshake was routed")
+            });
+            let (_, peer) = tokio::join!(writer, incoming);
+            let peer = peer.unwrap();
+            assert_eq!(peer.handshake.info_hash, InfoHash([3; 20]));
+            let IncomingStream::Utp(accepted) = peer.stream else { panic!("a uTP stream") };
+            let mut got = Vec::with_capacity(LEN);
+            let mut buf = Vec::with_capacity(100_000);
+            while got.len() < LEN {
+                buf.clear();
+                let n = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    accepted.read_into_spare(&mut buf),
+                )
+                .await
+                .expect("bytes keep coming")
+                .unwrap();
+                assert!(n > 0, "stream ended early at {}", got.len());
+                got.extend_from_slice(&buf);
+            }
+            assert!(got == data, "bytes arrive in order, unchanged");
+            // The other way, then the end of the stream.
+            accepted.write_all(b"pong").await.unwrap();
+            accepted.shutdown();
+            let mut back = [0u8; 4];
+            let mut at = 0;
+            while at < 4 {
+                at += stream.read_some(&mut back[at..]).await.unwrap();
+            }
+            assert_eq!(&back, b"pong");
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read_some(&mut back))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 0, "the FIN ends the stream");
+            let (from, dht) = tokio::time::timeout(Duration::from_secs(5), dht_inbox.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(from, probe.local_addr().unwrap());
+            assert_eq!(dht[0], b'd');
+        });
+        assert!(server.stats().datagrams_dropped.load(Ordering::Relaxed) >= 1);
+        assert!(server.stats().recv_calls.load(Ordering::Relaxed) >= 1);
+        client.shutdown();
+    }
+}
