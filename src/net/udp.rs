@@ -73,6 +73,8 @@ pub const DHT_INBOX_DATAGRAMS: usize = 1024;
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Batches received in a row before timers and commands get a turn.
 const RECV_BATCHES_PER_TURN: usize = 8;
+/// Commands handled in a row before the socket gets a turn.
+const COMMANDS_PER_TURN: usize = 256;
 
 /// The driver's settings.
 #[derive(Clone)]
@@ -588,6 +590,14 @@ impl Driver {
         let mut tx = Batch::new(crate::utp::MAX_DATAGRAM_BYTES);
         let shared = self.shared.clone();
         loop {
+            // Commands first each turn: a busy socket must not starve the
+            // shards' writes (bounded: one turn's worth).
+            for _ in 0..COMMANDS_PER_TURN {
+                match commands.try_recv() {
+                    Ok(command) => self.command(command),
+                    Err(_) => break,
+                }
+            }
             self.process_events();
             self.flush(&socket, &mut tx).await;
             let wake = self
@@ -595,7 +605,6 @@ impl Driver {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                biased;
                 _ = shared.stop.notified() => break,
                 ready = socket.readable() => {
                     if ready.is_ok() {
@@ -606,7 +615,7 @@ impl Driver {
                     let Some(command) = command else { break };
                     self.command(command);
                     // Take what else is queued (bounded: one turn's worth).
-                    for _ in 0..256 {
+                    for _ in 0..COMMANDS_PER_TURN {
                         match commands.try_recv() {
                             Ok(command) => self.command(command),
                             Err(_) => break,
