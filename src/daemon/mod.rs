@@ -312,10 +312,25 @@ impl Daemon {
             tracing::error!(%error, "registry entry skipped");
             lock(&self.startup.errors).push(error.to_string());
         }
+        // A paused torrent is not checked until resumed: what its resume
+        // file claims (when its files did not change) is its progress.
+        let paused_have: Vec<Option<Bitfield>> = loaded
+            .iter()
+            .map(|entry| {
+                entry.meta.paused.then(|| {
+                    resume::load_trusted(
+                        &self.config.state_dir,
+                        entry.metainfo.info_hash,
+                        &entry.metainfo.info,
+                        &entry.meta.download_dir,
+                    )
+                })?
+            })
+            .collect();
         let mut torrents = lock(&self.torrents);
         let mut queued = Vec::new();
         let mut totals = std::mem::take(&mut *lock(&self.loaded_totals));
-        for entry in loaded {
+        for (entry, saved) in loaded.into_iter().zip(paused_have) {
             let info_hash = entry.metainfo.info_hash;
             let paused = entry.meta.paused;
             let share =
@@ -327,7 +342,7 @@ impl Daemon {
                     meta: entry.meta,
                     state: if paused { EntryState::Paused } else { EntryState::Queued },
                     rechecked_pieces: 0,
-                    saved: None,
+                    saved,
                     in_startup: !paused,
                     flush_failures_counted: 0,
                     share,
