@@ -27,10 +27,10 @@
 
 use super::file_path;
 use crate::bitfield::Bitfield;
+use crate::hash::PieceHasher;
 use crate::layout::{Layout, LayoutError};
 use crate::metainfo::Info;
 use memmap2::{Advice, Mmap, MmapOptions};
-use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -329,7 +329,7 @@ fn check_piece(
     method: ReadMethod,
     buf: &mut Vec<u8>,
 ) -> Outcome {
-    let mut hasher = Sha1::new();
+    let mut hasher = PieceHasher::new();
     for span in layout.piece_spans(index) {
         let end = span.file_offset + span.len as u64;
         match &sources[span.file_index] {
@@ -371,7 +371,7 @@ fn check_piece(
             },
         }
     }
-    let digest: [u8; 20] = hasher.finalize().into();
+    let digest = hasher.finish();
     if digest == info.pieces[index as usize] {
         Outcome::Ok
     } else {
