@@ -114,6 +114,8 @@ pub struct ShardInit {
     pub peers: Option<PeerReceiver>,
     /// The process-wide rate limits (the same `Arc` for every shard).
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// Opens uTP connections (`None`: uTP is off).
+    pub utp: Option<crate::net::udp::UtpConnector>,
 }
 
 /// Why the shards could not start.
@@ -304,6 +306,7 @@ fn shard_thread(
             rate_limits: init.rate_limits,
             process_half_open: signals.half_open,
             driver: io_driver,
+            utp: init.utp,
         },
     );
     let stop = signals.stop;
@@ -479,6 +482,7 @@ mod tests {
                 trackers: None,
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+                utp: None,
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();
@@ -505,6 +509,7 @@ mod tests {
             trackers: None,
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+            utp: None,
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();
         let sender = set.sender(0);
