@@ -26,4 +26,5 @@ mod storage;
 mod syscalls;
 mod trackers;
 mod utp;
+mod webseed;
 mod wire;
