@@ -195,6 +195,16 @@ impl Daemon {
                 piece_length: 0,
             })
             .collect();
+        drop(pending);
+        // A link whose torrent was just registered stays pending until the
+        // registration returned (so it is never in neither list): show it
+        // once, as the torrent.
+        {
+            let torrents = lock(&self.torrents);
+            views.retain(|v| {
+                InfoHash::from_hex(&v.info_hash).is_none_or(|h| !torrents.contains_key(&h))
+            });
+        }
         views.sort_by(|a, b| a.info_hash.cmp(&b.info_hash));
         views
     }
@@ -320,11 +330,6 @@ impl Daemon {
         if let Err(error) = resume::save_torrent(&self.config.state_dir, info_hash, &bytes) {
             tracing::warn!(%info_hash, %error, "cannot save the fetched torrent");
         }
-        {
-            let mut pending = lock(&self.magnets);
-            pending.names.remove(&info_hash);
-            pending.jobs.remove(&info_hash);
-        }
         // The fetch's peers are worth dialling at once.
         lock(&self.magnet_peers).insert(info_hash, status.sources());
         let added = self.add_torrent_with(
@@ -334,6 +339,14 @@ impl Daemon {
             job.paused,
             job.extra.clone(),
         );
+        // Forgotten only now: a listing between the two steps would
+        // otherwise find the torrent in neither list (qBittorrent clients
+        // read that as "removed").
+        {
+            let mut pending = lock(&self.magnets);
+            pending.names.remove(&info_hash);
+            pending.jobs.remove(&info_hash);
+        }
         let _ = std::fs::remove_file(pending_path(&self.config.state_dir, info_hash));
         match added {
             Ok((_, name)) => tracing::info!(%info_hash, %name, "metadata received; torrent added"),
