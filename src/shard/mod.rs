@@ -114,6 +114,8 @@ pub struct ShardInit {
     pub peers: Option<PeerReceiver>,
     /// The process-wide rate limits (the same `Arc` for every shard).
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// This shard's byte budgets (piece buffers, outgoing bytes).
+    pub memory: crate::memory_budget::ShardMemory,
 }
 
 /// Why the shards could not start.
@@ -301,6 +303,7 @@ fn shard_thread(
             hash_pool: init.hash_pool,
             trackers: init.trackers,
             rate_limits: init.rate_limits,
+            memory: init.memory,
             process_half_open: signals.half_open,
             driver: io_driver,
         },
@@ -478,6 +481,7 @@ mod tests {
                 trackers: None,
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+                memory: crate::memory_budget::ShardMemory::unlimited(),
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();
@@ -504,6 +508,7 @@ mod tests {
             trackers: None,
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+            memory: crate::memory_budget::ShardMemory::unlimited(),
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();
         let sender = set.sender(0);
