@@ -12,7 +12,7 @@
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
 //!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
 //!   [`metadata`], [`pex`], [`rate_limit`], [`memory_budget`], [`fd_budget`],
-//!   [`tracker`], [`resume`], [`utp`].
+//!   [`tracker`], [`resume`], [`utp`], [`webseed`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -51,4 +51,5 @@ pub mod storage;
 pub mod torrent;
 pub mod tracker;
 pub mod utp;
+pub mod webseed;
 pub mod wire;

@@ -118,6 +118,13 @@ pub struct EngineArgs {
     /// MSE with an RC4 payload; `disable` speaks only plaintext.
     #[arg(long, value_name = "POLICY", default_value = "prefer")]
     pub encryption: EncryptionPolicy,
+
+    /// uTP (BEP 29) on the peer port's UDP socket: `prefer-tcp` accepts uTP
+    /// and dials TCP first, falling back to uTP; `on` dials uTP first,
+    /// falling back to TCP; `only` dials uTP alone (tests, benchmarks);
+    /// `off` opens no UDP socket for it.
+    #[arg(long, value_name = "POLICY", default_value = "prefer-tcp")]
+    pub utp: crate::config::UtpPolicy,
 }
 
 pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
@@ -167,6 +174,7 @@ impl EngineArgs {
         config.encryption = self.encryption;
         config.max_piece_buffer_bytes_per_shard = self.piece_memory;
         config.max_send_buffer_bytes_per_shard = self.send_memory;
+        config.utp = self.utp;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
@@ -259,5 +267,13 @@ mod tests {
             EncryptionPolicy::Require
         );
         assert!(Cli::try_parse_from(["x", "--encryption", "maybe"]).is_err());
+        let config = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap().config;
+        assert_eq!(config.utp, crate::config::UtpPolicy::PreferTcp);
+        let cli = Cli::try_parse_from(["x", "--utp", "only"]).unwrap();
+        assert_eq!(
+            cli.engine.session_options().unwrap().config.utp,
+            crate::config::UtpPolicy::Only
+        );
+        assert!(Cli::try_parse_from(["x", "--utp", "maybe"]).is_err());
     }
 }

@@ -95,6 +95,7 @@ struct RawConfig {
     #[serde(default)]
     download_roots: Vec<PathBuf>,
     encryption: Option<String>,
+    utp: Option<String>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -118,6 +119,7 @@ struct RawApi {
     header_read_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    qbittorrent_version: Option<u8>,
 }
 
 /// The control API's access and server settings (`[api]`).
@@ -140,6 +142,9 @@ pub struct ApiConfig {
     pub header_read_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub max_connections: usize,
+    /// The qBittorrent major version `/api/v2` answers as: 4 (`v4.6.7`,
+    /// states `pausedUP`) or 5 (`v5.0.4`, states `stoppedUP`).
+    pub qbittorrent_version: u8,
 }
 
 impl Default for ApiConfig {
@@ -154,6 +159,7 @@ impl Default for ApiConfig {
             header_read_timeout_secs: API_HEADER_READ_TIMEOUT_SECS_DEFAULT,
             request_timeout_secs: API_REQUEST_TIMEOUT_SECS_DEFAULT,
             max_connections: API_MAX_CONNECTIONS_DEFAULT,
+            qbittorrent_version: 4,
         }
     }
 }
@@ -309,6 +315,9 @@ impl DaemonConfig {
         if let Some(policy) = &raw.encryption {
             engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
         }
+        if let Some(policy) = &raw.utp {
+            engine.utp = policy.parse().map_err(|m| invalid("utp", m))?;
+        }
         let backend = match raw.backend {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
@@ -431,6 +440,11 @@ fn api_config(raw: RawApi, listen: SocketAddr) -> Result<ApiConfig, (&'static st
         Some(n) => n,
         None => defaults.max_connections,
     };
+    let qbittorrent_version = match raw.qbittorrent_version {
+        None => defaults.qbittorrent_version,
+        Some(v @ (4 | 5)) => v,
+        Some(_) => return Err(("api.qbittorrent_version", "must be 4 or 5".into())),
+    };
     if raw.hosts.len() > API_NAMES_MAX || raw.origins.len() > API_NAMES_MAX {
         return Err(("api.hosts", format!("at most {API_NAMES_MAX} hosts and origins")));
     }
@@ -449,6 +463,7 @@ fn api_config(raw: RawApi, listen: SocketAddr) -> Result<ApiConfig, (&'static st
         header_read_timeout_secs,
         request_timeout_secs,
         max_connections,
+        qbittorrent_version,
     })
 }
 
@@ -492,6 +507,9 @@ mod tests {
         assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Prefer);
         let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nencryption = \"always\"\n";
         assert!(parse(bad).unwrap_err().to_string().contains("encryption"));
+        assert_eq!(c.engine.utp, crate::config::UtpPolicy::PreferTcp);
+        let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nutp = \"sometimes\"\n";
+        assert!(parse(bad).unwrap_err().to_string().contains("utp"));
     }
 
     #[test]
@@ -513,6 +531,7 @@ mod tests {
             resume_save_interval_secs = 60
             download_roots = ["/srv/data", "more"]
             encryption = "require"
+            utp = "only"
             [limits]
             max_torrents = 20000
             max_peers_per_torrent = 40
@@ -556,6 +575,7 @@ mod tests {
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
         assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Require);
+        assert_eq!(c.engine.utp, crate::config::UtpPolicy::Only);
     }
 
     #[test]

@@ -57,13 +57,16 @@ use crate::memory_budget::ShardMemory;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::mse::{Cipher, EncryptionPolicy};
 use crate::net::mse_io::{self, PeerCipher};
-use crate::net::peer_io::{self, PeerStream};
+use crate::net::peer_io::{self, IncomingStream, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
+use crate::net::udp::UtpConnector;
+use crate::net::webseed_http::{self, Tokens};
 use crate::peer_book::{PeerBook, PeerBookConfig};
 use crate::rate_limit::ProcessRateLimits;
 use crate::resume::Durability;
 use crate::storage::{open_files, PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
+use crate::webseed::PieceFetch;
 use crate::wire::{Handshake, PeerId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -115,6 +118,8 @@ pub struct TorrentStatus {
     /// What flushes made durable (what resume state may claim) and which
     /// pieces a failed flush made suspect; updated at each flush only.
     pub durability: Mutex<Durability>,
+    /// The torrent's web seeds (BEP 19), refreshed by the ticker.
+    pub web_seeds: Mutex<Vec<crate::webseed::WebSeedStatus>>,
 }
 
 impl TorrentStatus {
@@ -132,6 +137,7 @@ impl TorrentStatus {
             error: Mutex::new(None),
             have: Mutex::new(have.clone()),
             durability: Mutex::new(Durability::new(have)),
+            web_seeds: Mutex::new(Vec::new()),
         })
     }
 
@@ -207,6 +213,8 @@ pub struct ShardContext {
     pub process_half_open: Arc<AtomicUsize>,
     /// The I/O driver this shard runs.
     pub driver: IoDriver,
+    /// Opens uTP connections (`None`: uTP is off).
+    pub utp: Option<UtpConnector>,
 }
 
 /// One outgoing connect's place in the shard's and the process's half-open
@@ -250,6 +258,7 @@ pub struct ShardShared {
     /// Outgoing connects in flight in the whole process.
     pub process_half_open: Arc<AtomicUsize>,
     pub driver: IoDriver,
+    pub utp: Option<UtpConnector>,
 }
 
 impl ShardContext {
@@ -286,6 +295,7 @@ impl ShardContext {
             memory,
             process_half_open,
             driver,
+            utp,
         } = shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         let read_buffers = BufPool::new(config.read_buffer_bytes, READ_BUFFERS_POOLED);
@@ -307,6 +317,7 @@ impl ShardContext {
             half_open: Cell::new(0),
             process_half_open,
             driver,
+            utp,
         })
     }
 }
@@ -391,6 +402,9 @@ impl TorrentTask {
         core.set_process_limits(ctx.rate_limits.clone());
         core.set_memory_budgets(ctx.memory.pieces.clone(), ctx.memory.send.clone());
         core.serve_metadata(torrent.metainfo.clone());
+        for (url, error) in core.add_web_seeds(torrent.metainfo.clone()) {
+            tracing::warn!(info_hash = %torrent.metainfo.info_hash, %url, %error, "web seed not used");
+        }
         let book = PeerBook::new(PeerBookConfig {
             max_entries: ctx.config.max_known_peers_per_torrent,
             ..PeerBookConfig::default()
@@ -522,6 +536,10 @@ impl TorrentTask {
         self.status.peers.store(core.connection_count(), Ordering::Relaxed);
         self.status.download_rate.store(down, Ordering::Relaxed);
         self.status.upload_rate.store(up, Ordering::Relaxed);
+        let web_seeds = core.web_seed_status(Instant::now());
+        if !web_seeds.is_empty() {
+            *self.status.web_seeds.lock().unwrap_or_else(|e| e.into_inner()) = web_seeds;
+        }
     }
 
     async fn run_ticker(self: Rc<Self>) {
@@ -629,17 +647,56 @@ impl TorrentTask {
         }
     }
 
-    /// Connects to `addr` and runs the MSE initiator as the encryption
-    /// policy says; under `prefer` a failed MSE attempt is retried in
-    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
-    /// the DH key). Returns the stream, its ciphers and plaintext payload
-    /// that came with the MSE reply.
+    /// Dials `addr` over the transports the uTP policy lists, in order,
+    /// until one connects (one connection at a time: never two to a peer).
     async fn open(
         &self,
         addr: SocketAddr,
         timeout: Duration,
     ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
-        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        let order = match self.ctx.utp {
+            Some(_) => self.ctx.config.utp.dial_order(),
+            None => &[false],
+        };
+        let mut last_error = None;
+        for &utp in order {
+            match self.open_over(addr, timeout, utp).await {
+                Ok(opened) => return Ok(opened),
+                Err(error) => {
+                    tracing::debug!(%addr, utp, %error, "dial failed");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no transport to dial")))
+    }
+
+    /// Connects over TCP (on this shard's driver) or uTP (through the UDP
+    /// driver).
+    async fn connect_over(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        utp: bool,
+    ) -> std::io::Result<PeerStream> {
+        match (&self.ctx.utp, utp) {
+            (Some(connector), true) => Ok(PeerStream::Utp(connector.connect(addr, timeout).await?)),
+            _ => peer_io::connect(self.ctx.driver, addr, timeout).await,
+        }
+    }
+
+    /// Connects to `addr` and runs the MSE initiator as the encryption
+    /// policy says; under `prefer` a failed MSE attempt is retried in
+    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
+    /// the DH key). Returns the stream, its ciphers and plaintext payload
+    /// that came with the MSE reply.
+    async fn open_over(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        utp: bool,
+    ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
+        let stream = self.connect_over(addr, timeout, utp).await?;
         let policy = self.ctx.config.encryption;
         if !policy.uses_mse() {
             return Ok((stream, PeerCipher::plaintext(), Vec::new()));
@@ -662,7 +719,7 @@ impl TorrentTask {
             return Err(std::io::Error::other(error));
         }
         tracing::debug!(%addr, %error, "MSE failed: retrying in plaintext");
-        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        let stream = self.connect_over(addr, timeout, utp).await?;
         Ok((stream, PeerCipher::plaintext(), Vec::new()))
     }
 
@@ -670,7 +727,7 @@ impl TorrentTask {
     /// ciphers and the (decrypted) payload read after its handshake.
     pub fn accept(
         self: &Rc<Self>,
-        stream: std::net::TcpStream,
+        stream: IncomingStream,
         addr: SocketAddr,
         hs: Handshake,
         cipher: PeerCipher,
@@ -930,6 +987,13 @@ impl TorrentTask {
                     tracing::info!(count = peers.len(), learned, ignored, "peers learned from PEX");
                     self.add_peers(&peers);
                 }
+                Action::FetchWebSeed { seed, fetch } => {
+                    let task = self.clone();
+                    super::driver::spawn(async move { task.fetch_web_seed(seed, fetch).await });
+                }
+                Action::WebSeedDisabled { url, reason } => {
+                    tracing::warn!(info_hash = %self.info_hash, %url, %reason, "web seed disabled");
+                }
                 Action::Completed => {
                     if self.status.completed.swap(true, Ordering::AcqRel) {
                         continue;
@@ -978,6 +1042,29 @@ impl TorrentTask {
                 });
             }
         }
+    }
+
+    /// Runs one web seed fetch (HTTP on this shard's runtime, rate limited
+    /// by the core's buckets) and hands the piece back to the core.
+    async fn fetch_web_seed(self: Rc<Self>, seed: usize, mut fetch: Box<PieceFetch>) {
+        let result = webseed_http::fetch_piece(&mut fetch, |bytes| {
+            if self.stopped.get() {
+                return Tokens::Stop;
+            }
+            match self.core.borrow_mut().web_seed_take_download(Instant::now(), bytes) {
+                None => Tokens::Granted,
+                Some(wait) => Tokens::Wait(wait),
+            }
+        })
+        .await;
+        if self.stopped.get() {
+            return;
+        }
+        if let Err(error) = &result {
+            tracing::debug!(seed, piece = fetch.piece(), %error, "web seed fetch failed");
+        }
+        self.core.borrow_mut().web_seed_fetched(seed, *fetch, result.err(), Instant::now());
+        self.drain_actions();
     }
 
     async fn write_piece(self: Rc<Self>, piece: u32, data: Vec<u8>) {

@@ -116,6 +116,8 @@ pub struct ShardInit {
     pub rate_limits: Arc<ProcessRateLimits>,
     /// This shard's byte budgets (piece buffers, outgoing bytes).
     pub memory: crate::memory_budget::ShardMemory,
+    /// Opens uTP connections (`None`: uTP is off).
+    pub utp: Option<crate::net::udp::UtpConnector>,
 }
 
 /// Why the shards could not start.
@@ -160,6 +162,7 @@ impl ShardSet {
         } else {
             tracing::info!(driver = %selection.driver, reason = %selection.reason, "I/O driver");
         }
+        tracing::info!(backend = crate::hash::sha1_backend().name(), "SHA1");
         let io_driver = selection.driver;
         let cores =
             if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -306,6 +309,7 @@ fn shard_thread(
             memory: init.memory,
             process_half_open: signals.half_open,
             driver: io_driver,
+            utp: init.utp,
         },
     );
     let stop = signals.stop;
@@ -482,6 +486,7 @@ mod tests {
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
                 memory: crate::memory_budget::ShardMemory::unlimited(),
+                utp: None,
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();
@@ -509,6 +514,7 @@ mod tests {
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
             memory: crate::memory_budget::ShardMemory::unlimited(),
+            utp: None,
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();
         let sender = set.sender(0);

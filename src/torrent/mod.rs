@@ -191,6 +191,9 @@ pub struct TorrentConfig {
     pub choke_interval_ms: u64,
     /// Rotate the optimistic unchoke this often.
     pub optimistic_unchoke_interval_ms: u64,
+    /// Below this many peers unchoking us, web seeds fetch any piece;
+    /// otherwise only pieces no connected peer has (see [`webseed`]).
+    pub web_seed_peer_threshold: usize,
 }
 
 impl Default for TorrentConfig {
@@ -207,6 +210,7 @@ impl Default for TorrentConfig {
             ban_duration: DEFAULT_BAN_DURATION,
             choke_interval_ms: ChokerConfig::default().rechoke_interval_ms,
             optimistic_unchoke_interval_ms: ChokerConfig::default().optimistic_interval_ms,
+            web_seed_peer_threshold: crate::webseed::WEB_SEED_PEER_THRESHOLD_DEFAULT,
         }
     }
 }
@@ -227,6 +231,11 @@ pub enum Action {
     Peers(Vec<SocketAddr>),
     /// Every wanted piece is verified and written.
     Completed,
+    /// Fetch a whole piece from web seed `seed` (BEP 19) over HTTP and call
+    /// [`TorrentCore::web_seed_fetched`] (see [`webseed`]).
+    FetchWebSeed { seed: usize, fetch: Box<crate::webseed::PieceFetch> },
+    /// A web seed was disabled for the rest of the run (log the reason).
+    WebSeedDisabled { url: String, reason: String },
 }
 
 /// Why the core refused a call.
@@ -441,6 +450,8 @@ pub struct TorrentCore {
     send_share: BudgetShare,
     /// Reused for the open pieces a budget-bound request round may pick from.
     scratch_open: Vec<u32>,
+    /// Web seeds (BEP 19), see [`webseed`].
+    web: webseed::WebSeeds,
 }
 
 impl TorrentCore {
@@ -505,6 +516,7 @@ impl TorrentCore {
             piece_share: BudgetShare::default(),
             send_share: BudgetShare::default(),
             scratch_open: Vec::new(),
+            web: webseed::WebSeeds::default(),
         };
         core.check_completed();
         Ok(core)
@@ -861,6 +873,7 @@ impl TorrentCore {
             self.rechoke(now);
         }
         self.send_pex(now);
+        self.web_seed_tick(now);
         if self.buffers.is_empty() && self.in_flight.is_empty() {
             // Nothing being received: spare buffers would hold memory of
             // the shard's budget for nothing (1,000 idle seeds x 8 spares).
@@ -1164,6 +1177,9 @@ impl TorrentCore {
             *owner = None;
         }
         for key in contributors {
+            if self.web_seed_blamed(key, piece) {
+                continue;
+            }
             let Some(&conn) = self.keys.get(&key) else { continue };
             let addr = self.conns[conn].addr;
             let strikes = {
@@ -1606,6 +1622,7 @@ pub mod bans;
 mod limit_tests;
 #[cfg(test)]
 mod sim;
+pub mod webseed;
 
 #[cfg(test)]
 impl TorrentParams {
