@@ -14,6 +14,24 @@ pub use crate::mse::EncryptionPolicy;
 pub use crate::utp::UtpPolicy;
 use std::path::PathBuf;
 
+/// Default piece buffer budget of one shard: on a 2-core box with many
+/// torrents, two shards hold at most 512 MiB of pieces, while 256 MiB still
+/// covers 300 ms of a 800 MB/s download (many piece writes' latency) and 16
+/// pieces of 16 MiB.
+pub const DEFAULT_PIECE_BUFFER_BYTES_PER_SHARD: u64 = 256 << 20;
+
+/// Default send budget of one shard: 32 connections at the per-connection
+/// high-water mark (2 MiB), far above what one loopback or 10 GbE link
+/// needs in flight, and 128 MiB for two shards at most.
+pub const DEFAULT_SEND_BUFFER_BYTES_PER_SHARD: u64 = 64 << 20;
+
+/// Smallest memory budget accepted: 1 MiB (64 blocks).
+pub const MIN_MEMORY_BUDGET_BYTES: u64 = 1 << 20;
+
+/// Smallest read buffer accepted: one block's message does not have to fit
+/// (the buffer grows for it), but tiny reads would cost a syscall each.
+pub const MIN_READ_BUFFER_BYTES: u64 = 4096;
+
 /// Engine-wide settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -61,6 +79,15 @@ pub struct Config {
     /// Bytes read from a peer socket per read (default 256 KiB; large reads
     /// move ~4x more per syscall than 16 KiB ones on io_uring).
     pub read_buffer_bytes: usize,
+    /// Bytes of piece buffers (pieces being received, hashed or written)
+    /// all the torrents of one shard hold at most (default 256 MiB); past it
+    /// no new piece is started until pieces are written. See
+    /// [`crate::memory_budget`].
+    pub max_piece_buffer_bytes_per_shard: u64,
+    /// Bytes of block data on their way to peers (reads for uploads in
+    /// flight, queued, being written) on one shard at most (default 64 MiB);
+    /// past it requests wait in their peer's queue until bytes are sent.
+    pub max_send_buffer_bytes_per_shard: u64,
     /// Upload slots per torrent (default 8).
     pub upload_slots: usize,
     /// Re-run the choker this often (default 10 s).
@@ -101,6 +128,8 @@ impl Default for Config {
             keepalive_interval_ms: 90_000,
             peer_idle_timeout_ms: 180_000,
             read_buffer_bytes: 256 * 1024,
+            max_piece_buffer_bytes_per_shard: DEFAULT_PIECE_BUFFER_BYTES_PER_SHARD,
+            max_send_buffer_bytes_per_shard: DEFAULT_SEND_BUFFER_BYTES_PER_SHARD,
             upload_slots: 8,
             choke_interval_ms: 10_000,
             optimistic_unchoke_interval_ms: 30_000,
@@ -124,7 +153,7 @@ pub struct ConfigError {
 impl Config {
     /// Checks every timer and bound that must not be zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, u64, u64); 14] = [
+        let checks: [(&'static str, u64, u64); 17] = [
             ("shards", self.shards as u64, 1),
             ("max_peers_per_torrent", self.max_peers_per_torrent as u64, 1),
             ("max_peers_total", self.max_peers_total as u64, 1),
@@ -139,6 +168,17 @@ impl Config {
             ("peer_idle_timeout_ms", self.peer_idle_timeout_ms, 1),
             ("choke_interval_ms", self.choke_interval_ms, 1),
             ("optimistic_unchoke_interval_ms", self.optimistic_unchoke_interval_ms, 1),
+            ("read_buffer_bytes", self.read_buffer_bytes as u64, MIN_READ_BUFFER_BYTES),
+            (
+                "max_piece_buffer_bytes_per_shard",
+                self.max_piece_buffer_bytes_per_shard,
+                MIN_MEMORY_BUDGET_BYTES,
+            ),
+            (
+                "max_send_buffer_bytes_per_shard",
+                self.max_send_buffer_bytes_per_shard,
+                MIN_MEMORY_BUDGET_BYTES,
+            ),
         ];
         for (field, value, min) in checks {
             if value < min {

@@ -11,8 +11,8 @@
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
 //!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
-//!   [`metadata`], [`pex`], [`rate_limit`], [`tracker`], [`resume`], [`utp`],
-//!   [`webseed`].
+//!   [`metadata`], [`pex`], [`rate_limit`], [`memory_budget`], [`fd_budget`],
+//!   [`tracker`], [`resume`], [`utp`], [`webseed`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -30,9 +30,11 @@ pub mod config;
 pub mod create;
 pub mod daemon;
 pub mod dht;
+pub mod fd_budget;
 pub mod hash;
 pub mod layout;
 pub mod magnet;
+pub mod memory_budget;
 pub mod metadata;
 pub mod metainfo;
 pub mod mse;

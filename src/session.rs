@@ -11,7 +11,9 @@
 
 use crate::bitfield::Bitfield;
 use crate::config::Config;
+use crate::fd_budget::FdBudget;
 use crate::hash::HashPool;
+use crate::memory_budget::ShardMemory;
 use crate::metainfo::InfoHash;
 use crate::net::dht::{DhtHandle, DhtOptions};
 use crate::net::listener::{ListenConfig, ListenError, Listener};
@@ -105,6 +107,10 @@ pub struct Session {
     /// Every torrent by its MSE req2 hash, for the listener.
     torrent_keys: Arc<TorrentKeys>,
     rate_limits: Arc<ProcessRateLimits>,
+    /// Each shard's byte budgets (read by `/metrics`).
+    memory: Vec<ShardMemory>,
+    /// How the fd limit was shared out at start.
+    fd_budget: FdBudget,
     _hash_pool: Arc<HashPool>,
 }
 
@@ -112,7 +118,19 @@ impl Session {
     /// Starts every thread of the engine.
     pub fn start(options: SessionOptions) -> Result<Session, SessionError> {
         options.config.validate()?;
-        let config = Arc::new(options.config.clone());
+        let mut config = options.config.clone();
+        let fd_budget = FdBudget::derive(raise_open_file_limit(), &config);
+        fd_budget.apply(&mut config);
+        crate::storage::open_files::set_max_open_files(fd_budget.data_files);
+        tracing::info!(
+            nofile = fd_budget.nofile,
+            reserve = fd_budget.reserve,
+            peers = config.max_peers_total,
+            half_open = config.max_half_open_total,
+            data_files = fd_budget.data_files,
+            "file descriptors shared out (RLIMIT_NOFILE)"
+        );
+        let config = Arc::new(config);
         let shard_count = config.shards.max(1);
         let hash_pool = Arc::new(
             HashPool::new(crate::hash::default_threads()).map_err(SessionError::HashPool)?,
@@ -146,6 +164,14 @@ impl Session {
             config.download_rate_limit_bytes_per_s,
             Instant::now(),
         ));
+        let memory: Vec<ShardMemory> = (0..shard_count)
+            .map(|_| {
+                ShardMemory::new(
+                    config.max_piece_buffer_bytes_per_shard,
+                    config.max_send_buffer_bytes_per_shard,
+                )
+            })
+            .collect();
         // The uTP connector goes to the shards now; its driver starts once
         // the listener fixed the port number (uTP shares it).
         let (utp_connector, utp_input) = if config.utp.enabled() {
@@ -156,12 +182,14 @@ impl Session {
         };
         let inits = receivers
             .into_iter()
-            .map(|peers| ShardInit {
+            .zip(&memory)
+            .map(|(peers, memory)| ShardInit {
                 config: config.clone(),
                 hash_pool: hash_pool.clone(),
                 trackers: trackers.clone(),
                 peers,
                 rate_limits: rate_limits.clone(),
+                memory: memory.clone(),
                 utp: utp_connector.clone(),
             })
             .collect();
@@ -225,8 +253,22 @@ impl Session {
             fetch_counters: Mutex::new(HashMap::new()),
             torrent_keys,
             rate_limits,
+            memory,
+            fd_budget,
             _hash_pool: hash_pool,
         })
+    }
+
+    /// How `RLIMIT_NOFILE` was shared out at start (peers, connects, data
+    /// files); the config's caps were lowered to it.
+    pub fn fd_budget(&self) -> FdBudget {
+        self.fd_budget
+    }
+
+    /// Each shard's byte budgets: piece buffers and outgoing bytes, their
+    /// limits and what is in use now.
+    pub fn shard_memory(&self) -> &[ShardMemory] {
+        &self.memory
     }
 
     /// The TCP port peers reach us on.
@@ -586,4 +628,30 @@ fn start_udp(
             None
         }
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft
+/// limit the process now runs with: every peer is a socket, and the files
+/// of active torrents are open (pwrite and io_uring: those used in the last
+/// `file_idle_close_secs`; mmap: all of them). Every command starts its
+/// engine here, so this is the one place the limit is read.
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            tracing::warn!("cannot read the open-file limit; assuming 1024");
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            } else {
+                tracing::warn!("cannot raise the open-file limit above {}", limit.rlim_cur);
+            }
+        }
+    }
+    // RLIM_INFINITY is u64::MAX: the shares are capped by the config anyway.
+    limit.rlim_cur
 }

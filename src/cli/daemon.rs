@@ -45,6 +45,8 @@ dht = true                            # mainline DHT (never for private torrents
 # upload_rate = "50M"                 # bytes per second for the whole process; 0 = unlimited
 # download_rate = 0
 # file_idle_close_secs = 60           # pwrite backend: close a data file unused this long
+# piece_buffer_memory_per_shard = "256M" # pieces being received/hashed/written, per shard
+# send_buffer_memory_per_shard = "64M"   # block data on its way to peers, per shard
 
 [api]
 # Every request needs `Authorization: Bearer <token>` (the token is created

@@ -89,6 +89,16 @@ pub struct EngineArgs {
     #[arg(long, value_name = "MS", default_value_t = Config::default().connect_timeout_ms)]
     pub connect_timeout_ms: u64,
 
+    /// Memory for piece buffers (pieces being received, hashed or written)
+    /// per shard (`256M`); past it no new piece starts until one is written.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_memory)]
+    pub piece_memory: u64,
+
+    /// Memory for block data on its way to peers per shard (`64M`); past it
+    /// requests wait until bytes are sent.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_memory)]
+    pub send_memory: u64,
+
     /// Upload slots (peers unchoked at once) per torrent.
     #[arg(long, default_value_t = Config::default().upload_slots)]
     pub upload_slots: usize,
@@ -129,6 +139,16 @@ fn parse_allocation(s: &str) -> Result<Allocation, String> {
     s.parse()
 }
 
+/// A memory budget, at least [`crate::config::MIN_MEMORY_BUDGET_BYTES`].
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let min = crate::config::MIN_MEMORY_BUDGET_BYTES;
+    match parse_size(s) {
+        Some(bytes) if bytes >= min => Ok(bytes),
+        Some(bytes) => Err(format!("{bytes} bytes is below the minimum of {min} (1M)")),
+        None => Err(format!("bad size {s:?}: expected bytes such as 256M or 1G")),
+    }
+}
+
 /// A rate in bytes per second, written as a size: `2M` is 2 MiB/s.
 fn parse_rate(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| {
@@ -152,6 +172,8 @@ impl EngineArgs {
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
         config.encryption = self.encryption;
+        config.max_piece_buffer_bytes_per_shard = self.piece_memory;
+        config.max_send_buffer_bytes_per_shard = self.send_memory;
         config.utp = self.utp;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };

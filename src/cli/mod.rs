@@ -60,6 +60,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Every command, before it opens any file (a recheck opens many): the
+    // soft fd limit goes up to the hard one; the session shares it out.
+    crate::session::raise_open_file_limit();
     let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Create(args) => create::run(args),

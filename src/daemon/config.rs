@@ -174,6 +174,8 @@ struct RawLimits {
     upload_rate: Option<SizeValue>,
     download_rate: Option<SizeValue>,
     file_idle_close_secs: Option<u64>,
+    piece_buffer_memory_per_shard: Option<SizeValue>,
+    send_buffer_memory_per_shard: Option<SizeValue>,
 }
 
 /// The daemon's settings, validated, paths absolute.
@@ -289,6 +291,27 @@ impl DaemonConfig {
             size(limits.upload_rate.as_ref()).map_err(|m| invalid("limits.upload_rate", m))?;
         engine.download_rate_limit_bytes_per_s =
             size(limits.download_rate.as_ref()).map_err(|m| invalid("limits.download_rate", m))?;
+        let min_budget = crate::config::MIN_MEMORY_BUDGET_BYTES;
+        for (key, value, field) in [
+            (
+                "limits.piece_buffer_memory_per_shard",
+                &limits.piece_buffer_memory_per_shard,
+                &mut engine.max_piece_buffer_bytes_per_shard,
+            ),
+            (
+                "limits.send_buffer_memory_per_shard",
+                &limits.send_buffer_memory_per_shard,
+                &mut engine.max_send_buffer_bytes_per_shard,
+            ),
+        ] {
+            if value.is_some() {
+                let bytes = size(value.as_ref()).map_err(|m| invalid(key, m))?;
+                if bytes < min_budget {
+                    return Err(invalid(key, format!("{bytes} is below {min_budget} bytes (1M)")));
+                }
+                *field = bytes;
+            }
+        }
         if let Some(policy) = &raw.encryption {
             engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
         }

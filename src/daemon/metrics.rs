@@ -128,6 +128,51 @@ pub fn render(daemon: &Daemon) -> String {
         shard_down_rate.get_or_create(&labels).set(0);
     }
 
+    // Per shard: memory budgets (bytes in use and the limit).
+    let memory_used = gauge_family(
+        &mut registry,
+        "ringbit_shard_memory_used_bytes",
+        "Bytes each shard's torrents hold, by budget (piece_buffers, send_buffers)",
+    );
+    let memory_limit = gauge_family(
+        &mut registry,
+        "ringbit_shard_memory_limit_bytes",
+        "Each shard's byte budget, by budget (piece_buffers, send_buffers)",
+    );
+    for (shard, memory) in daemon.shard_memory().iter().enumerate() {
+        for (budget, b) in [("piece_buffers", &memory.pieces), ("send_buffers", &memory.send)] {
+            let labels = vec![("shard", shard.to_string()), ("budget", budget.to_string())];
+            memory_used.get_or_create(&labels).set(gauge(b.used_bytes()));
+            memory_limit.get_or_create(&labels).set(gauge(b.limit_bytes()));
+        }
+    }
+
+    // File descriptors: how the limit was shared out, and what is open.
+    if let Some(fds) = daemon.fd_budget() {
+        let shares = gauge_family(
+            &mut registry,
+            "ringbit_fd_budget",
+            "How RLIMIT_NOFILE was shared out at start (nofile, reserve, peers, half_open, data_files)",
+        );
+        for (share, n) in [
+            ("nofile", fds.nofile),
+            ("reserve", fds.reserve),
+            ("peers", fds.peers as u64),
+            ("half_open", fds.half_open as u64),
+            ("data_files", fds.data_files as u64),
+        ] {
+            shares.get_or_create(&vec![("share", share.to_string())]).set(gauge(n));
+        }
+    }
+    let data_files = Gauge::<i64>::default();
+    data_files.set(gauge(crate::storage::open_files::open_files() as u64));
+    registry.register("ringbit_open_data_files", "Data-file descriptors open now", data_files);
+    if let Some(n) = crate::net::peer_io::open_fds() {
+        let fds = Gauge::<i64>::default();
+        fds.set(gauge(n as u64));
+        registry.register("ringbit_open_fds", "File descriptors the process has open", fds);
+    }
+
     // Per torrent.
     let t_up = counter_family(
         &mut registry,

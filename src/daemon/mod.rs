@@ -204,7 +204,6 @@ impl Daemon {
     /// `startup`), and the resume saver. The API and the watch directory are
     /// started by [`api::start`] and [`watch::start`].
     pub fn start(config: DaemonConfig) -> Result<Arc<Daemon>, DaemonError> {
-        raise_open_file_limit();
         create_dir(&config.state_dir)?;
         create_dir(&config.download_dir)?;
         if let Some(watch) = &config.watch_dir {
@@ -1126,6 +1125,17 @@ impl Daemon {
     pub fn dht_report(&self) -> Option<crate::net::dht::DhtReport> {
         self.with_session(|s| s.dht().map(|d| d.report())).flatten()
     }
+
+    /// How the fd limit was shared out at start (`None` while the session
+    /// is down).
+    pub fn fd_budget(&self) -> Option<crate::fd_budget::FdBudget> {
+        self.with_session(|s| s.fd_budget())
+    }
+
+    /// Each shard's byte budgets (empty while the session is down).
+    pub fn shard_memory(&self) -> Vec<crate::memory_budget::ShardMemory> {
+        self.with_session(|s| s.shard_memory().to_vec()).unwrap_or_default()
+    }
 }
 
 /// The state and counters of one torrent, without the strings of a view.
@@ -1217,24 +1227,6 @@ pub fn read_torrent_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
         )));
     }
     Ok(bytes)
-}
-
-/// Raises the soft open-file limit to the hard limit: every peer is a
-/// socket, the files of active torrents are open (pwrite and io_uring: those
-/// read or written in the last `file_idle_close_secs`), and the mmap backend
-/// keeps every file of every torrent open.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                tracing::warn!("cannot raise the open-file limit above {}", limit.rlim_cur);
-            }
-        }
-    }
 }
 
 fn tracker_view(t: &TrackerStatus, now: Instant) -> TrackerView {

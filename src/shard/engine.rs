@@ -53,6 +53,7 @@ use super::driver::IoDriver;
 use crate::bitfield::Bitfield;
 use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
+use crate::memory_budget::ShardMemory;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::mse::{Cipher, EncryptionPolicy};
 use crate::net::mse_io::{self, PeerCipher};
@@ -63,7 +64,7 @@ use crate::net::webseed_http::{self, Tokens};
 use crate::peer_book::{PeerBook, PeerBookConfig};
 use crate::rate_limit::ProcessRateLimits;
 use crate::resume::Durability;
-use crate::storage::{PieceStore, StoreOptions};
+use crate::storage::{open_files, PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
 use crate::webseed::PieceFetch;
 use crate::wire::{Handshake, PeerId};
@@ -89,8 +90,13 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(1000);
 /// Wait before offering a piece again to a full hash pool.
 pub const HASH_RETRY: Duration = Duration::from_millis(2);
 
-/// Capacity of each connection's write buffer from the shard's pool.
+/// Capacity of each connection's write buffer from the shard's pool. A
+/// buffer that grew past it in a burst is freed once the burst is over (see
+/// `write_loop`), so an idle connection holds two buffers of this size.
 pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Idle read buffers a shard keeps for new connections.
+pub const READ_BUFFERS_POOLED: usize = 64;
 
 /// A torrent's state as the rest of the process sees it (shared, read
 /// without locks except `error` and `have`).
@@ -192,6 +198,12 @@ pub struct ShardContext {
     pub max_connections: usize,
     pub write_buffers: BufPool,
     pub block_buffers: BufPool,
+    /// Each connection's read buffer ([`Config::read_buffer_bytes`]).
+    pub read_buffers: BufPool,
+    /// This shard's byte budgets, shared by its torrents' cores.
+    pub memory: ShardMemory,
+    /// Torrents are being woken after a budget refilled (no nested wake).
+    waking: Cell<bool>,
     /// The process-wide rate limits, shared by every shard.
     pub rate_limits: Arc<ProcessRateLimits>,
     /// Outgoing connects in flight on this shard.
@@ -241,6 +253,8 @@ pub struct ShardShared {
     pub hash_pool: Arc<HashPool>,
     pub trackers: Option<TrackerHandle>,
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// This shard's byte budgets.
+    pub memory: ShardMemory,
     /// Outgoing connects in flight in the whole process.
     pub process_half_open: Arc<AtomicUsize>,
     pub driver: IoDriver,
@@ -248,17 +262,43 @@ pub struct ShardShared {
 }
 
 impl ShardContext {
+    /// A shard budget refilled after it held work back: every torrent of
+    /// the shard retries its requests and uploads (the budget's hysteresis
+    /// makes this one round per refill).
+    fn wake_budget_waiters(&self) {
+        if self.waking.get() {
+            return;
+        }
+        let pieces = self.memory.pieces.take_wake();
+        let send = self.memory.send.take_wake();
+        if !pieces && !send {
+            return;
+        }
+        self.waking.set(true);
+        let tasks: Vec<Rc<TorrentTask>> = self.torrents.borrow().values().cloned().collect();
+        let now = Instant::now();
+        for task in tasks {
+            if !task.stopped.get() {
+                task.core.borrow_mut().budget_freed(now);
+                task.drain_actions();
+            }
+        }
+        self.waking.set(false);
+    }
+
     pub fn new(index: usize, shard_count: usize, shared: ShardShared) -> Rc<ShardContext> {
         let ShardShared {
             config,
             hash_pool,
             trackers,
             rate_limits,
+            memory,
             process_half_open,
             driver,
             utp,
         } = shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
+        let read_buffers = BufPool::new(config.read_buffer_bytes, READ_BUFFERS_POOLED);
         Rc::new(ShardContext {
             index,
             config,
@@ -270,6 +310,9 @@ impl ShardContext {
             max_connections,
             write_buffers: BufPool::new(WRITE_BUFFER_BYTES, 64),
             block_buffers: BufPool::new(crate::wire::BLOCK_LEN as usize, 256),
+            read_buffers,
+            memory,
+            waking: Cell::new(false),
             rate_limits,
             half_open: Cell::new(0),
             process_half_open,
@@ -321,12 +364,24 @@ impl TorrentTask {
         let TorrentSpec { torrent, peer_id, listen_port, torrent_config, status } = spec;
         let (metainfo, dir, options) =
             (&torrent.metainfo, &torrent.download_dir, torrent.store_options);
-        let store = match ctx.driver {
-            IoDriver::Uring => PieceStore::open_async(metainfo, dir, options).await,
-            // No ring: file I/O on the runtime's bounded blocking pool.
-            IoDriver::Epoll => PieceStore::open_on_pool(metainfo, dir, options).await,
-        }
-        .map_err(|e| e.to_string())?;
+        let mut delays = open_files::FD_RETRY_DELAYS_MS.iter();
+        let store = loop {
+            let opened = match ctx.driver {
+                IoDriver::Uring => PieceStore::open_async(metainfo, dir, options).await,
+                // No ring: file I/O on the runtime's bounded blocking pool.
+                IoDriver::Epoll => PieceStore::open_on_pool(metainfo, dir, options).await,
+            };
+            match (opened, delays.next()) {
+                // No free fd to create or size a file: other torrents' sweeps
+                // give some back (the pressure asks them to).
+                (Err(e), Some(&delay_ms)) if e.is_fd_exhausted() => {
+                    open_files::raise_pressure();
+                    tracing::debug!(%e, delay_ms, "no free fd: storage open retried");
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                (opened, _) => break opened.map_err(|e| e.to_string())?,
+            }
+        };
         let info = &torrent.metainfo.info;
         let params = TorrentParams {
             info_hash: torrent.metainfo.info_hash,
@@ -345,6 +400,7 @@ impl TorrentTask {
             status.completed.store(true, Ordering::Release);
         }
         core.set_process_limits(ctx.rate_limits.clone());
+        core.set_memory_budgets(ctx.memory.pieces.clone(), ctx.memory.send.clone());
         core.serve_metadata(torrent.metainfo.clone());
         for (url, error) in core.add_web_seeds(torrent.metainfo.clone()) {
             tracing::warn!(info_hash = %torrent.metainfo.info_hash, %url, %error, "web seed not used");
@@ -744,7 +800,9 @@ impl TorrentTask {
         mut decrypt: Cipher,
         leftover: Vec<u8>,
     ) {
-        let mut buf = Vec::with_capacity(self.ctx.config.read_buffer_bytes.max(leftover.len()));
+        let pool = &self.ctx.read_buffers;
+        let mut buf = pool.take();
+        buf.reserve(leftover.len());
         if !leftover.is_empty() {
             // Payload that came with an MSE handshake, already decrypted.
             buf.extend_from_slice(&leftover);
@@ -772,8 +830,16 @@ impl TorrentTask {
             }
             let used = self.core.borrow_mut().on_data(conn, &buf, Instant::now());
             buf.drain(..used);
+            if buf.capacity() > pool.buffer_bytes() && buf.len() < pool.buffer_bytes() {
+                // The large message that grew the buffer is consumed: back
+                // to a pooled one (the rest is less than its capacity).
+                let mut small = pool.take();
+                small.extend_from_slice(&buf);
+                buf = small;
+            }
             self.drain_actions();
         }
+        pool.give(buf);
         if self.is_current(conn, token) {
             let handshake_done = self.core.borrow_mut().closed(conn);
             if let Some(entry) = self.forget(conn) {
@@ -793,17 +859,35 @@ impl TorrentTask {
         wake: Rc<Notify>,
         mut encrypt: Cipher,
     ) {
-        let mut spare = self.ctx.write_buffers.take();
+        let pool = &self.ctx.write_buffers;
+        let mut spare = pool.take();
+        // The last write was larger than a pooled buffer: keep the grown
+        // buffers while the burst lasts (no reallocation per write).
+        let mut bursting = false;
         loop {
             if !self.is_current(conn, token) {
                 break;
             }
+            if !bursting && spare.capacity() > pool.buffer_bytes() {
+                // The burst is over: free the grown buffer.
+                spare = pool.take();
+            }
             spare.clear();
             self.core.borrow_mut().take_outgoing(conn, &mut spare);
             if spare.is_empty() {
+                if bursting {
+                    // The core now holds the grown buffer we wrote last:
+                    // one more swap brings it back to be freed.
+                    bursting = false;
+                    continue;
+                }
+                if spare.capacity() > pool.buffer_bytes() {
+                    spare = pool.take();
+                }
                 wake.notified().await;
                 continue;
             }
+            bursting = spare.len() > pool.buffer_bytes();
             // MSE: in place in the outgoing buffer, just before the write.
             encrypt.apply(&mut spare);
             let (result, buf) = peer_io::write_all(&stream, spare).await;
@@ -817,7 +901,7 @@ impl TorrentTask {
                 self.drain_actions();
             }
         }
-        self.ctx.write_buffers.give(spare);
+        pool.give(spare);
     }
 
     fn forget(&self, conn: ConnId) -> Option<ConnEntry> {
@@ -932,6 +1016,7 @@ impl TorrentTask {
                 self.rate_rearm.notify_one();
             }
         }
+        self.ctx.wake_budget_waiters();
     }
 
     fn hash(self: &Rc<Self>, piece: u32, data: Vec<u8>, expected: [u8; 20]) {
@@ -983,7 +1068,20 @@ impl TorrentTask {
     }
 
     async fn write_piece(self: Rc<Self>, piece: u32, data: Vec<u8>) {
-        let (result, data) = self.store.write_piece(piece, data).await;
+        let (mut result, mut data) = self.store.write_piece(piece, data).await;
+        // No free fd (EMFILE/ENFILE): the stores give idle files back at
+        // their next sweep; retry with a back-off rather than stop the
+        // torrent (the verified piece waits in its buffer).
+        for delay_ms in open_files::FD_RETRY_DELAYS_MS {
+            match &result {
+                Err(e) if e.is_fd_exhausted() && !self.stopped.get() => {
+                    tracing::debug!(piece, %e, delay_ms, "no free fd: piece write retried");
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    (result, data) = self.store.write_piece(piece, data).await;
+                }
+                _ => break,
+            }
+        }
         let ok = result.is_ok();
         self.core.borrow_mut().piece_written(piece, ok, data, Instant::now());
         self.drain_actions();

@@ -114,6 +114,8 @@ pub struct ShardInit {
     pub peers: Option<PeerReceiver>,
     /// The process-wide rate limits (the same `Arc` for every shard).
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// This shard's byte budgets (piece buffers, outgoing bytes).
+    pub memory: crate::memory_budget::ShardMemory,
     /// Opens uTP connections (`None`: uTP is off).
     pub utp: Option<crate::net::udp::UtpConnector>,
 }
@@ -304,6 +306,7 @@ fn shard_thread(
             hash_pool: init.hash_pool,
             trackers: init.trackers,
             rate_limits: init.rate_limits,
+            memory: init.memory,
             process_half_open: signals.half_open,
             driver: io_driver,
             utp: init.utp,
@@ -482,6 +485,7 @@ mod tests {
                 trackers: None,
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+                memory: crate::memory_budget::ShardMemory::unlimited(),
                 utp: None,
             })
             .collect();
@@ -509,6 +513,7 @@ mod tests {
             trackers: None,
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+            memory: crate::memory_budget::ShardMemory::unlimited(),
             utp: None,
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();

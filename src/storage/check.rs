@@ -127,7 +127,29 @@ impl Default for CheckOptions {
 enum Source {
     Pad,
     Missing,
-    File { file: File, len: u64, map: Option<GuardedMap> },
+    File {
+        file: File,
+        len: u64,
+        map: Option<GuardedMap>,
+    },
+    /// Opened for each read: past the files a recheck keeps open
+    /// ([`check_open_files_max`]), or when no fd was free at start.
+    Lazy {
+        path: PathBuf,
+        len: u64,
+    },
+}
+
+/// Files a recheck keeps open at once: a quarter of the soft
+/// `RLIMIT_NOFILE`, so a torrent with more files than the process may open
+/// is still checked (its other files are opened for each read and closed).
+fn check_open_files_max() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 256;
+    }
+    usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX).max(1)
 }
 
 enum Outcome {
@@ -149,6 +171,8 @@ pub fn recheck(
     let layout = Layout::new(info)?;
     let mut files = Vec::with_capacity(info.files.len());
     let mut sources = Vec::with_capacity(info.files.len());
+    let open_max = check_open_files_max();
+    let mut opened = 0;
     for entry in &info.files {
         if entry.pad {
             files.push(FileState::Pad);
@@ -156,8 +180,13 @@ pub fn recheck(
             continue;
         }
         let path = file_path(dir, &entry.path);
-        match open_source(&path, entry.length, options.method) {
+        let source = match opened < open_max {
+            true => open_source(&path, entry.length, options.method),
+            false => None,
+        };
+        match source {
             Some((source, len)) => {
+                opened += 1;
                 files.push(if len < entry.length {
                     FileState::Short { len }
                 } else {
@@ -165,10 +194,23 @@ pub fn recheck(
                 });
                 sources.push(source);
             }
-            None => {
-                files.push(FileState::Missing);
-                sources.push(Source::Missing);
-            }
+            None => match std::fs::metadata(&path) {
+                // Not opened (past the files kept open, or no fd free): read
+                // by opening it for each piece.
+                Ok(meta) if meta.is_file() => {
+                    let len = meta.len();
+                    files.push(if len < entry.length {
+                        FileState::Short { len }
+                    } else {
+                        FileState::Present
+                    });
+                    sources.push(Source::Lazy { path, len });
+                }
+                _ => {
+                    files.push(FileState::Missing);
+                    sources.push(Source::Missing);
+                }
+            },
         }
     }
 
@@ -326,6 +368,37 @@ fn advise_willneed(info: &Info, layout: &Layout, sources: &[Source], batch: &[u3
 
 static ZEROS: [u8; 16384] = [0; 16384];
 
+/// Hashes `span` of `file` (up to `end`) with pread in chunks.
+fn hash_span(
+    info: &Info,
+    span: &crate::layout::FileSpan,
+    file: &File,
+    end: u64,
+    buf: &mut Vec<u8>,
+    hasher: &mut PieceHasher,
+) -> Result<(), Outcome> {
+    if buf.len() < CHECK_READ_CHUNK_BYTES {
+        buf.resize(CHECK_READ_CHUNK_BYTES, 0);
+    }
+    let mut offset = span.file_offset;
+    while offset < end {
+        let n = ((end - offset) as usize).min(CHECK_READ_CHUNK_BYTES);
+        let chunk = &mut buf[..n];
+        if let Err(e) = file.read_exact_at(chunk, offset) {
+            // A short read: the file was cut while we checked it (its
+            // length was fine at open).
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(Outcome::Missing);
+            }
+            let path = file_path(Path::new(""), &info.files[span.file_index].path);
+            return Err(Outcome::Unreadable(format!("{}: {e}", path.display())));
+        }
+        hasher.update(&*chunk);
+        offset += n as u64;
+    }
+    Ok(())
+}
+
 fn check_piece(
     info: &Info,
     layout: &Layout,
@@ -347,7 +420,18 @@ fn check_piece(
                 }
             }
             Source::Missing => return Outcome::Missing,
-            Source::File { len, .. } if *len < end => return Outcome::Missing,
+            Source::File { len, .. } | Source::Lazy { len, .. } if *len < end => {
+                return Outcome::Missing
+            }
+            Source::Lazy { path, .. } => {
+                let file = match File::open(path) {
+                    Ok(file) => file,
+                    Err(e) => return Outcome::Unreadable(format!("{}: {e}", path.display())),
+                };
+                if let Err(outcome) = hash_span(info, &span, &file, end, buf, &mut hasher) {
+                    return outcome;
+                }
+            }
             Source::File { file, map, .. } => match (map, method) {
                 (Some(map), ReadMethod::Mmap) if map.faults() == 0 => {
                     hasher.update(&map.bytes()[span.file_offset as usize..end as usize]);
@@ -358,24 +442,8 @@ fn check_piece(
                     }
                 }
                 _ => {
-                    if buf.len() < CHECK_READ_CHUNK_BYTES {
-                        buf.resize(CHECK_READ_CHUNK_BYTES, 0);
-                    }
-                    let mut offset = span.file_offset;
-                    while offset < end {
-                        let n = ((end - offset) as usize).min(CHECK_READ_CHUNK_BYTES);
-                        let chunk = &mut buf[..n];
-                        if let Err(e) = file.read_exact_at(chunk, offset) {
-                            // A short read: the file was cut while we checked
-                            // it (its length was fine at open).
-                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                                return Outcome::Missing;
-                            }
-                            let path = file_path(Path::new(""), &info.files[span.file_index].path);
-                            return Outcome::Unreadable(format!("{}: {e}", path.display()));
-                        }
-                        hasher.update(&*chunk);
-                        offset += n as u64;
+                    if let Err(outcome) = hash_span(info, &span, file, end, buf, &mut hasher) {
+                        return outcome;
                     }
                 }
             },

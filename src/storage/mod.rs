@@ -34,6 +34,7 @@ pub mod align;
 pub mod blocking;
 pub mod check;
 mod mmap;
+pub mod open_files;
 pub mod partfile;
 mod pool;
 mod pwrite;
@@ -194,6 +195,15 @@ impl StorageError {
     /// True for a full disk (the torrent stops; space may be freed and it resumed).
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StorageError::DiskFull { .. })
+    }
+
+    /// True when no fd was free (`EMFILE`, `ENFILE`): the operation may be
+    /// retried once stores gave files back (see [`open_files`]).
+    pub fn is_fd_exhausted(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => open_files::is_fd_exhausted(source),
+            _ => false,
+        }
     }
 }
 

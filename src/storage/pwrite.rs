@@ -23,6 +23,7 @@
 //! * single-threaded: the store lives on one shard (`Cell`/`RefCell`, so
 //!   it is `Send` but not `Sync`), and no borrow is held across a call out.
 
+use super::open_files::{self, FdSlot};
 use super::{append_block_with, read_block_with, write_piece_with, StorageError};
 use crate::layout::{FileSpan, Layout};
 use std::cell::{Cell, RefCell};
@@ -36,7 +37,8 @@ use std::time::{Duration, Instant};
 /// One non-pad file of the torrent: where it is, and a handle while in use.
 struct LazyFile {
     path: PathBuf,
-    handle: RefCell<Option<File>>,
+    /// The fd while open, counted among the process's data fds.
+    handle: RefCell<Option<(File, FdSlot)>>,
     /// Read or written since the last [`PwriteStore::close_idle_files`].
     used: Cell<bool>,
     /// Written since the last successful sync (see the module invariants).
@@ -62,6 +64,9 @@ pub struct PwriteStore {
     /// these, so both cost nothing for an idle torrent.
     open: RefCell<Vec<usize>>,
     idle_close: Duration,
+    /// The fd pressure generation this store last swept for
+    /// ([`open_files`]).
+    pressure_seen: Cell<u64>,
 }
 
 impl PwriteStore {
@@ -84,7 +89,13 @@ impl PwriteStore {
                 })
             })
             .collect();
-        PwriteStore { layout, files, open: RefCell::new(Vec::new()), idle_close }
+        PwriteStore {
+            layout,
+            files,
+            open: RefCell::new(Vec::new()),
+            idle_close,
+            pressure_seen: Cell::new(open_files::pressure()),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -141,20 +152,32 @@ impl PwriteStore {
         io: impl FnOnce(&File) -> io::Result<T>,
     ) -> Result<T, (&std::path::Path, &'static str, io::Error)> {
         let f = self.files[index].as_ref().expect("file spans never name a pad file");
+        if f.handle.borrow().is_none() && open_files::at_cap() {
+            // The process holds its share of data fds: make room here first,
+            // and ask every store for the files it is not using.
+            self.close_clean_except(index);
+            open_files::raise_pressure();
+        }
         let mut handle = f.handle.borrow_mut();
         let file: &File = match &mut *handle {
-            Some(file) => file,
+            Some((file, _)) => file,
             slot @ None => {
                 // Read-write, no create, no truncate: the file was created
                 // and sized at open; if it is gone now, serving or filling
                 // an empty replacement would be wrong.
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&f.path)
-                    .map_err(|e| (f.path.as_path(), "open", e))?;
+                let mut options = std::fs::OpenOptions::new();
+                options.read(true).write(true);
+                let file = match options.open(&f.path) {
+                    Err(e) if open_files::is_fd_exhausted(&e) => {
+                        self.close_clean_except(index);
+                        open_files::raise_pressure();
+                        options.open(&f.path)
+                    }
+                    other => other,
+                }
+                .map_err(|e| (f.path.as_path(), "open", e))?;
                 self.open.borrow_mut().push(index);
-                slot.insert(file)
+                &slot.insert((file, FdSlot::new())).0
             }
         };
         f.used.set(true);
@@ -173,7 +196,7 @@ impl PwriteStore {
             if !f.dirty.get() {
                 continue;
             }
-            if let Some(file) = &*f.handle.borrow() {
+            if let Some((file, _)) = &*f.handle.borrow() {
                 file.sync_data().map_err(|e| StorageError::io(&f.path, "fdatasync", e, 0))?;
             }
             f.dirty.set(false);
@@ -192,6 +215,10 @@ impl PwriteStore {
         if open.is_empty() {
             return;
         }
+        // Short of fds (see [`open_files`]): files unused since the last
+        // sweep close whatever the idle time.
+        let pressure = open_files::pressure();
+        let pressed = pressure != self.pressure_seen.replace(pressure) || open_files::at_cap();
         open.retain(|&index| {
             let Some(f) = &self.files[index] else { return false };
             let used_at = match f.used_at.get() {
@@ -202,7 +229,22 @@ impl PwriteStore {
                     return true;
                 }
             };
-            if f.dirty.get() || now.saturating_duration_since(used_at) < self.idle_close {
+            if f.dirty.get()
+                || (!pressed && now.saturating_duration_since(used_at) < self.idle_close)
+            {
+                return true;
+            }
+            f.close();
+            false
+        });
+    }
+
+    /// Closes every clean open file but `keep` (the process is short of
+    /// fds).
+    fn close_clean_except(&self, keep: usize) {
+        self.open.borrow_mut().retain(|&index| {
+            let Some(f) = &self.files[index] else { return false };
+            if index == keep || f.dirty.get() {
                 return true;
             }
             f.close();

@@ -36,6 +36,7 @@
 //! * the kernel owns a buffer while an operation is in flight; it always
 //!   comes back, error or not.
 
+use super::open_files::{self, FdSlot};
 use super::{blocking, check_block, check_piece, Allocation, StorageError};
 use crate::layout::Layout;
 use crate::metainfo::FileEntry;
@@ -55,7 +56,7 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 /// A file on the ring whose drop closes it through the ring (tokio-uring's own
 /// drop would call `close(2)` on the shard thread). Outside a runtime (a test
 /// dropping a store after its runtime ended) it falls back to that drop.
-struct RingFile(Option<tokio_uring::fs::File>);
+struct RingFile(Option<tokio_uring::fs::File>, FdSlot);
 
 impl RingFile {
     fn get(&self) -> &tokio_uring::fs::File {
@@ -116,6 +117,12 @@ pub struct UringStore {
     direct: Cell<bool>,
     /// Store-wide write sequence (see the dirty invariant).
     seq: Cell<u64>,
+    /// The fd pressure generation this store last swept for
+    /// ([`open_files`]).
+    pressure_seen: Cell<u64>,
+    /// A sync made to free an fd failed: the file and errno, reported by
+    /// every later flush.
+    sync_failed: RefCell<Option<(PathBuf, Option<i32>)>>,
 }
 
 impl UringStore {
@@ -148,6 +155,8 @@ impl UringStore {
             idle_close,
             direct: Cell::new(direct_io),
             seq: Cell::new(0),
+            pressure_seen: Cell::new(open_files::pressure()),
+            sync_failed: RefCell::new(None),
         }
     }
 
@@ -184,13 +193,22 @@ impl UringStore {
         if let Some(h) = &*f.handle.borrow() {
             return Ok(h.clone());
         }
-        let file = tokio_uring::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&f.path)
-            .await
-            .map_err(|e| StorageError::io(&f.path, "open", e, 0))?;
-        let file = Rc::new(RingFile(Some(file)));
+        if open_files::at_cap() {
+            // The process holds its share of data fds: make room here
+            // first, and ask every store for the files it is not using.
+            self.make_room(index).await?;
+        }
+        let mut options = tokio_uring::fs::OpenOptions::new();
+        options.read(true).write(true);
+        let file = match options.open(&f.path).await {
+            Err(e) if open_files::is_fd_exhausted(&e) => {
+                self.make_room(index).await?;
+                options.open(&f.path).await
+            }
+            other => other,
+        }
+        .map_err(|e| StorageError::io(&f.path, "open", e, 0))?;
+        let file = Rc::new(RingFile(Some(file), FdSlot::new()));
         let mut slot = f.handle.borrow_mut();
         if let Some(h) = &*slot {
             // Another task opened it meanwhile: ours closes on drop.
@@ -217,7 +235,7 @@ impl UringStore {
             .await;
         match opened {
             Ok(file) => {
-                let file = Rc::new(RingFile(Some(file)));
+                let file = Rc::new(RingFile(Some(file), FdSlot::new()));
                 let mut slot = f.direct.borrow_mut();
                 if let Some(h) = &*slot {
                     return Some(h.clone());
@@ -229,6 +247,8 @@ impl UringStore {
                 }
                 Some(file)
             }
+            // No free fd: this write goes buffered, later ones try again.
+            Err(error) if open_files::is_fd_exhausted(&error) => None,
             Err(error) => {
                 self.refuse_direct(&f.path, &error);
                 None
@@ -373,6 +393,13 @@ impl UringStore {
     /// Makes every write durable: `fdatasync` on the ring for each file with
     /// a write not yet synced (all open: a dirty file is never closed).
     pub async fn flush(&self) -> Result<(), StorageError> {
+        if let Some((path, errno)) = &*self.sync_failed.borrow() {
+            let source = match errno {
+                Some(errno) => io::Error::from_raw_os_error(*errno),
+                None => io::Error::other("sync failed"),
+            };
+            return Err(StorageError::io(path, "fdatasync", source, 0));
+        }
         let open: Vec<usize> = self.open.borrow().clone();
         for index in open {
             let f = self.lazy(index);
@@ -391,12 +418,16 @@ impl UringStore {
     }
 
     /// Closes every clean file unused for the idle time (as
-    /// [`super::PwriteStore::close_idle_files`]). Closing runs on the ring.
+    /// [`super::PwriteStore::close_idle_files`]), or unused since the last
+    /// sweep when the process is short of fds ([`open_files`]). Closing runs
+    /// on the ring.
     pub fn close_idle_files(&self, now: Instant) {
         let mut open = self.open.borrow_mut();
         if open.is_empty() {
             return;
         }
+        let pressure = open_files::pressure();
+        let pressed = pressure != self.pressure_seen.replace(pressure) || open_files::at_cap();
         open.retain(|&index| {
             let f = self.lazy(index);
             let used_at = match f.used_at.get() {
@@ -407,7 +438,48 @@ impl UringStore {
                     return true;
                 }
             };
-            if f.dirty() || now.saturating_duration_since(used_at) < self.idle_close {
+            if f.dirty() || (!pressed && now.saturating_duration_since(used_at) < self.idle_close) {
+                return true;
+            }
+            f.close();
+            false
+        });
+    }
+
+    /// The process is short of data fds: closes this store's clean files
+    /// but `keep`, and when every other open file has unflushed writes,
+    /// syncs them first (`fdatasync` on the ring) and closes them. A failed
+    /// sync is kept for the next [`UringStore::flush`] to report (the
+    /// kernel reports a writeback error once per fd: a later flush would
+    /// miss it). Asks every other store to give files back too.
+    async fn make_room(&self, keep: usize) -> Result<(), StorageError> {
+        open_files::raise_pressure();
+        let before = self.open.borrow().len();
+        self.close_clean_except(keep);
+        if self.open.borrow().len() < before {
+            return Ok(());
+        }
+        let dirty: Vec<usize> = self.open.borrow().iter().copied().filter(|&i| i != keep).collect();
+        for index in dirty {
+            let f = self.lazy(index);
+            let seq = f.written_seq.get();
+            let Some(file) = f.handle.borrow().clone() else { continue };
+            if let Err(e) = file.get().sync_data().await {
+                self.sync_failed.replace(Some((f.path.clone(), e.raw_os_error())));
+                return Err(StorageError::io(&f.path, "fdatasync", e, 0));
+            }
+            f.synced_seq.set(f.synced_seq.get().max(seq));
+        }
+        self.close_clean_except(keep);
+        Ok(())
+    }
+
+    /// Closes every clean open file but `keep` (the process is short of
+    /// fds). A file an operation still holds closes when it ends.
+    fn close_clean_except(&self, keep: usize) {
+        self.open.borrow_mut().retain(|&index| {
+            let f = self.lazy(index);
+            if index == keep || f.dirty() {
                 return true;
             }
             f.close();
@@ -495,7 +567,7 @@ pub(crate) async fn prepare_file(
         .open(&path)
         .await
         .map_err(|e| StorageError::io(&path, "open", e, entry.length))?;
-    let file = RingFile(Some(file));
+    let file = RingFile(Some(file), FdSlot::new());
     let st = file.get().statx().await.map_err(|e| StorageError::io(&path, "stat", e, 0))?;
     let current = st.stx_size;
     if current > entry.length {

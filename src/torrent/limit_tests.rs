@@ -359,3 +359,161 @@ fn piece_buffers_are_bounded_in_bytes() {
     assert_eq!(limit(4 << 20), 8);
     assert_eq!(limit(64 << 20), MIN_PIECE_BUFFERS);
 }
+
+/// Requests `core` queued for `conn`, as (piece, begin).
+fn requested(core: &mut TorrentCore, conn: ConnId, pieces: u32) -> Vec<(u32, u32)> {
+    sent(core, conn, pieces)
+        .iter()
+        .filter_map(|n| n.strip_prefix("request "))
+        .map(|r| {
+            let mut parts = r.split(' ').map(|x| x.parse::<u32>().unwrap());
+            (parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect()
+}
+
+/// Hashes (as passed) and writes every piece the core hands over, as a
+/// driver would; returns how many were written.
+fn pass_and_write(core: &mut TorrentCore, now: Instant) -> usize {
+    let mut written = 0;
+    while let Some(action) = core.poll_action() {
+        match action {
+            Action::HashPiece { piece, data, .. } => core.piece_hashed(piece, true, data),
+            Action::WritePiece { piece, data } => {
+                core.piece_written(piece, true, data, now);
+                written += 1;
+            }
+            _ => {}
+        }
+    }
+    written
+}
+
+/// Goal: the shard's piece budget, shared by its torrents, stops new pieces
+/// (not the open ones) and lets every torrent go on once bytes come back.
+/// Setup: two leechers of 8 pieces of 64 KiB on one shard budget of 64 KiB
+/// (one piece); each has a seed peer; A asks 8 blocks at a time (two
+/// pieces).
+/// Check: one block of a piece fills the budget; B then requests nothing;
+/// A's other piece, rejected by its peer, is not asked again (not open),
+/// while A may finish the open one; once it is written the budget is empty,
+/// wakes, and B requests. Dropping the cores gives every byte back.
+#[test]
+fn shard_piece_budget_stops_new_pieces_until_bytes_come_back() {
+    use crate::memory_budget::ShardMemory;
+    let t0 = Instant::now();
+    let piece_len = 64 * 1024;
+    let pieces = 8;
+    let memory = ShardMemory::new(u64::from(piece_len), u64::MAX);
+    let leecher = || {
+        let config = TorrentConfig {
+            peer: PeerConfig {
+                min_request_depth: 8,
+                max_outstanding_requests: 8,
+                ..PeerConfig::default()
+            },
+            ..TorrentConfig::default()
+        };
+        let params = TorrentParams::for_tests(piece_len, pieces);
+        let full = Bitfield::full(pieces);
+        let mut core = TorrentCore::new(params, config, Bitfield::new(pieces), &full).unwrap();
+        core.set_memory_budgets(memory.pieces.clone(), memory.send.clone());
+        core
+    };
+    let (mut a, mut b) = (leecher(), leecher());
+    let conn_a = accept(&mut a, 2, t0);
+    sent(&mut a, conn_a, pieces);
+    send(&mut a, conn_a, &[Message::HaveAll, Message::Unchoke], t0);
+    let asked = requested(&mut a, conn_a, pieces);
+    assert_eq!(asked.len(), 8, "{asked:?}");
+    let (open, other) = (asked[0].0, asked[4].0);
+    assert_ne!(open, other, "two pieces asked");
+
+    let data = vec![5u8; BLOCK_SIZE as usize];
+    let block = |piece, begin| Message::Piece { piece, begin, data: &data };
+    send(&mut a, conn_a, &[block(open, 0)], t0);
+    assert_eq!(memory.pieces.used_bytes(), u64::from(piece_len), "a whole piece buffer");
+    assert!(requested(&mut a, conn_a, pieces).is_empty(), "every block of the open piece asked");
+
+    let conn_b = accept(&mut b, 3, t0);
+    sent(&mut b, conn_b, pieces);
+    send(&mut b, conn_b, &[Message::HaveAll, Message::Unchoke], t0);
+    assert!(requested(&mut b, conn_b, pieces).is_empty(), "budget spent: no new piece");
+
+    // A's peer rejects the other piece: it is not open, so not asked again.
+    let rejects: Vec<Message<'_>> = (0..4)
+        .map(|i| {
+            Message::Reject(BlockRequest {
+                piece: other,
+                begin: i * BLOCK_SIZE,
+                length: BLOCK_SIZE,
+            })
+        })
+        .collect();
+    send(&mut a, conn_a, &rejects, t0);
+    assert!(requested(&mut a, conn_a, pieces).is_empty(), "no new piece past the budget");
+
+    // A finishes the open piece; its buffer comes back.
+    let rest: Vec<Message<'_>> = (1..4).map(|i| block(open, i * BLOCK_SIZE)).collect();
+    send(&mut a, conn_a, &rest, t0);
+    assert_eq!(pass_and_write(&mut a, t0), 1);
+    assert_eq!(memory.pieces.used_bytes(), 0, "the buffer is freed, not kept spare, when spent");
+    assert!(memory.pieces.take_wake(), "work was held back: wake the shard");
+    b.budget_freed(t0);
+    let asked = requested(&mut b, conn_b, pieces);
+    assert!(!asked.is_empty(), "B starts once bytes came back");
+
+    send(&mut b, conn_b, &[block(asked[0].0, asked[0].1)], t0);
+    assert_eq!(memory.pieces.used_bytes(), u64::from(piece_len));
+    drop(a);
+    drop(b);
+    assert_eq!(memory.pieces.used_bytes(), 0, "dropped cores give their bytes back");
+}
+
+/// Goal: the shard's send budget defers upload reads (never drops the
+/// requests) and gives bytes back once written or when the peer goes.
+/// Setup: two seeds on one send budget of 4 blocks; A's peer asks 10
+/// blocks.
+/// Check: 4 reads start; B's peer's requests wait (no read); A's blocks stay
+/// charged until written; `writable` frees them and B's reads start after
+/// the wake; closing a connection gives back what it held.
+#[test]
+fn shard_send_budget_defers_reads_until_bytes_are_written() {
+    use crate::memory_budget::ShardMemory;
+    let t0 = Instant::now();
+    let memory = ShardMemory::new(u64::MAX, 4 * u64::from(BLOCK_SIZE));
+    let seed = || {
+        let full = Bitfield::full(4);
+        let mut core = core(4, full.clone(), &full, TorrentConfig::default());
+        core.set_memory_budgets(memory.pieces.clone(), memory.send.clone());
+        core
+    };
+    let (mut a, mut b) = (seed(), seed());
+    let conn_a = accept(&mut a, 2, t0);
+    send(&mut a, conn_a, &[Message::Interested], t0);
+    send(&mut a, conn_a, &block_requests(10), t0);
+    assert_eq!(serve_reads(&mut a, t0), 4, "reads stop at the budget");
+    assert_eq!(memory.send.used_bytes(), 4 * u64::from(BLOCK_SIZE));
+
+    let conn_b = accept(&mut b, 3, t0);
+    send(&mut b, conn_b, &[Message::Interested], t0);
+    send(&mut b, conn_b, &block_requests(2), t0);
+    assert_eq!(serve_reads(&mut b, t0), 0, "B's requests wait");
+
+    let names = sent(&mut a, conn_a, 4);
+    assert_eq!(names.iter().filter(|n| n.starts_with("piece")).count(), 4, "{names:?}");
+    assert_eq!(memory.send.used_bytes(), 4 * u64::from(BLOCK_SIZE), "charged until written");
+    a.writable(conn_a, t0);
+    assert_eq!(serve_reads(&mut a, t0), 4, "A goes on with the freed budget");
+    // A refilled the budget: B still waits until it drains to the low mark.
+    sent(&mut a, conn_a, 4);
+    a.writable(conn_a, t0);
+    assert!(memory.send.take_wake());
+    b.budget_freed(t0);
+    assert_eq!(serve_reads(&mut b, t0), 2, "B is served after the wake");
+    let held = memory.send.used_bytes();
+    assert!(held > 0);
+    a.closed(conn_a);
+    b.closed(conn_b);
+    assert_eq!(memory.send.used_bytes(), 0, "closed connections give everything back");
+}

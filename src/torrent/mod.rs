@@ -75,6 +75,7 @@
 
 use crate::bitfield::Bitfield;
 use crate::choker::{ChokeMode, Choker, ChokerConfig, ChokerError, PeerSnapshot, TokenBucket};
+use crate::memory_budget::{BudgetShare, ByteBudget};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::peer::{Event, Peer, PeerConfig, PeerSetup, MAX_ALLOWED_FAST};
 use crate::pex::{PexInbox, PexMessage, PexSender, FLAG_REACHABLE, FLAG_SEED, UT_PEX_ID};
@@ -128,6 +129,10 @@ pub const MAX_PIECE_BUFFER_BYTES: u64 = 32 << 20;
 /// Piece buffers allowed whatever their size (16 MiB pieces still download
 /// from several peers at once).
 pub const MIN_PIECE_BUFFERS: usize = 4;
+
+/// Piece buffers kept for reuse at most; freed at the next tick once no
+/// piece is open.
+pub const MAX_SPARE_PIECE_BUFFERS: usize = 8;
 
 /// A peer whose requests for pieces we do not have (we sent it our bitfield:
 /// an honest peer never asks) were rejected this many times is dropped.
@@ -270,6 +275,12 @@ struct Conn {
     /// The peer's canonical allowed-fast set (fast-extension peers only):
     /// each piece of it is offered once we have it.
     fast_set: Vec<u32>,
+    /// Block bytes charged to the send budget: reads for uploads in flight,
+    /// blocks queued in the peer's outgoing bytes, and blocks the driver
+    /// took and is writing (given back at [`TorrentCore::writable`]).
+    send_reading_bytes: u64,
+    send_queued_bytes: u64,
+    send_writing_bytes: u64,
 }
 
 /// One direction's limit inside the core: the torrent's token bucket (made
@@ -431,6 +442,14 @@ pub struct TorrentCore {
     scratch_metadata: Vec<u8>,
     /// Addresses peers told us of (PEX), bounded.
     pex_inbox: PexInbox,
+    /// Bytes of piece buffers this torrent holds (open, with the driver,
+    /// kept as evidence or spare), charged to the shard's piece budget.
+    piece_share: BudgetShare,
+    /// Block bytes on their way out (see `Conn::send_*_bytes`), charged to
+    /// the shard's send budget.
+    send_share: BudgetShare,
+    /// Reused for the open pieces a budget-bound request round may pick from.
+    scratch_open: Vec<u32>,
     /// Web seeds (BEP 19), see [`webseed`].
     web: webseed::WebSeeds,
 }
@@ -494,6 +513,9 @@ impl TorrentCore {
             metadata: None,
             scratch_metadata: Vec::new(),
             pex_inbox: PexInbox::default(),
+            piece_share: BudgetShare::default(),
+            send_share: BudgetShare::default(),
+            scratch_open: Vec::new(),
             web: webseed::WebSeeds::default(),
         };
         core.check_completed();
@@ -679,6 +701,9 @@ impl TorrentCore {
             pex: PexSender::default(),
             pex_received_at: None,
             fast_set: Vec::new(),
+            send_reading_bytes: 0,
+            send_queued_bytes: 0,
+            send_writing_bytes: 0,
         });
         self.keys.insert(key, conn);
         conn
@@ -694,6 +719,8 @@ impl TorrentCore {
     fn forget(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.try_remove(conn)?;
         self.keys.remove(&c.key);
+        // Reads still in flight come back as abandoned (no second release).
+        self.send_share.release(c.send_reading_bytes + c.send_queued_bytes + c.send_writing_bytes);
         self.rechoke_soon |= !c.peer.am_choking();
         if c.joined {
             // The picker releases the peer's reservations and availability.
@@ -772,6 +799,27 @@ impl TorrentCore {
         self.process_limits = Some(limits);
     }
 
+    /// Charges this torrent's piece buffers and outgoing block bytes to the
+    /// shard's budgets (the driver does this once, with the budgets every
+    /// torrent of the shard shares). Past a budget no new piece is started
+    /// and no new upload read begins until bytes come back (see
+    /// [`crate::memory_budget`]); nothing is aborted.
+    pub fn set_memory_budgets(&mut self, pieces: Arc<ByteBudget>, send: Arc<ByteBudget>) {
+        self.piece_share.set_budget(pieces);
+        self.send_share.set_budget(send);
+    }
+
+    /// Bytes this torrent holds in piece buffers and in outgoing block data.
+    pub fn memory_held_bytes(&self) -> (u64, u64) {
+        (self.piece_share.held_bytes(), self.send_share.held_bytes())
+    }
+
+    /// A shard budget has room again after it held work back: new requests
+    /// and uploads are retried on every connection.
+    pub fn budget_freed(&mut self, now: Instant) {
+        self.retry_all(now);
+    }
+
     /// Retries the work rate limits held back (due at
     /// [`TorrentCore::rate_limit_wakeup`]): new block requests and uploads on
     /// every connection, starting with a different one each time. Whatever is
@@ -779,6 +827,12 @@ impl TorrentCore {
     pub fn rate_limit_tick(&mut self, now: Instant) {
         self.upload_gate.wake_at = None;
         self.download_gate.wake_at = None;
+        self.retry_all(now);
+    }
+
+    /// New block requests and uploads on every connection, starting with a
+    /// different one each time.
+    fn retry_all(&mut self, now: Instant) {
         let mut conns = std::mem::take(&mut self.scratch_conns);
         conns.clear();
         conns.extend(self.conns.iter().map(|(id, _)| id));
@@ -820,6 +874,11 @@ impl TorrentCore {
         }
         self.send_pex(now);
         self.web_seed_tick(now);
+        if self.buffers.is_empty() && self.in_flight.is_empty() {
+            // Nothing being received: spare buffers would hold memory of
+            // the shard's budget for nothing (1,000 idle seeds x 8 spares).
+            self.free_spare_buffers();
+        }
     }
 
     fn process_events(&mut self, conn: ConnId, buf: &[u8], now: Instant) {
@@ -1047,8 +1106,15 @@ impl TorrentCore {
                         // Zero-filling 1 MiB per piece was 8% of a leecher.
                         Some(b) if b.len() == size => b,
                         // Fresh zeroed memory from the allocator (calloc:
-                        // untouched pages, no memset).
-                        _ => vec![0; size],
+                        // untouched pages, no memset). A spare of another
+                        // size (the short last piece) is freed.
+                        spare => {
+                            if let Some(spare) = spare {
+                                self.piece_share.release(spare.len() as u64);
+                            }
+                            self.piece_share.charge(size as u64);
+                            vec![0; size]
+                        }
                     };
                     self.buffers.entry(block.piece).or_insert(b)
                 }
@@ -1177,14 +1243,18 @@ impl TorrentCore {
             return;
         };
         c.upload_reads = c.upload_reads.saturating_sub(1);
+        let length = u64::from(request.length);
+        c.send_reading_bytes = c.send_reading_bytes.saturating_sub(length);
         match data {
             Some(data)
                 if data.len() == request.length as usize && c.peer.may_upload(request.piece) =>
             {
                 c.peer.send_block(request, data, now);
+                c.send_queued_bytes += length;
                 self.stats.uploaded_bytes += data.len() as u64;
             }
             _ => {
+                self.send_share.release(length);
                 // The read failed, or we choked the peer while reading (the
                 // choke rejected only what was still queued): BEP 6 answers
                 // every request, so reject this one too (silence without the
@@ -1215,6 +1285,8 @@ impl TorrentCore {
             return Ok(());
         };
         c.upload_reads = c.upload_reads.saturating_sub(1);
+        let length = u64::from(request.length);
+        c.send_reading_bytes = c.send_reading_bytes.saturating_sub(length);
         let mut result = Ok(());
         let served = c.peer.may_upload(request.piece)
             && match c.peer.send_block_with(request, now, read) {
@@ -1225,8 +1297,10 @@ impl TorrentCore {
                 }
             };
         if served {
+            c.send_queued_bytes += length;
             self.stats.uploaded_bytes += u64::from(request.length);
         } else {
+            self.send_share.release(length);
             c.peer.reject(request, now);
             self.upload_gate.give_back(shared, u64::from(request.length));
         }
@@ -1243,17 +1317,23 @@ impl TorrentCore {
 
     /// The driver sent what was queued for `conn`: uploads held back by
     /// [`UPLOAD_BUFFER_HIGH_WATER`] may start again.
+    /// The block bytes taken with the last [`TorrentCore::take_outgoing`] are
+    /// no longer ours: the send budget gets them back.
     pub fn writable(&mut self, conn: ConnId, now: Instant) {
-        if self.conns.contains(conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            let written = std::mem::take(&mut c.send_writing_bytes);
+            self.send_share.release(written);
             self.start_uploads(conn, now);
         }
     }
 
     /// Hands the bytes queued for `conn` to the driver: swaps them with
-    /// `spare` (an empty buffer from the driver's pool).
+    /// `spare` (an empty buffer from the driver's pool). They stay charged
+    /// to the send budget until the driver calls [`TorrentCore::writable`].
     pub fn take_outgoing(&mut self, conn: ConnId, spare: &mut Vec<u8>) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.peer.swap_outgoing(spare);
+            c.send_writing_bytes += std::mem::take(&mut c.send_queued_bytes);
         }
     }
 
@@ -1274,9 +1354,22 @@ impl TorrentCore {
         self.actions.push_back(action);
     }
 
+    /// Keeps a piece buffer the driver gave back for reuse, or frees it (and
+    /// its bytes in the shard's budget) when enough are spare or the budget
+    /// is spent.
     fn give_buffer(&mut self, data: Vec<u8>) {
-        if self.spare_buffers.len() < 8 {
+        if self.spare_buffers.len() < MAX_SPARE_PIECE_BUFFERS && self.piece_share.has_room() {
             self.spare_buffers.push(data);
+        } else {
+            self.piece_share.release(data.len() as u64);
+        }
+    }
+
+    /// Frees every spare piece buffer (a torrent with no piece open keeps
+    /// no memory for pieces).
+    fn free_spare_buffers(&mut self) {
+        for spare in self.spare_buffers.drain(..) {
+            self.piece_share.release(spare.len() as u64);
         }
     }
 
@@ -1363,15 +1456,32 @@ impl TorrentCore {
         if slots == 0 {
             return;
         }
-        if self.buffers.len() + self.in_flight.len() >= max_buffers {
-            return;
-        }
-        let choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());
-        if choked.as_ref().is_some_and(|fast| fast.is_empty()) {
-            return;
-        }
+        let mut choked = c.peer.peer_choking().then(|| c.peer.allowed_fast().to_vec());
         let key = c.key;
         let addr = c.addr;
+        // Past this torrent's cap or the shard's piece budget no new piece
+        // starts, but the open ones are finished (picking from them only):
+        // refusing every request could leave them waiting forever.
+        let full = self.buffers.len() + self.in_flight.len() >= max_buffers
+            || !self.piece_share.has_room();
+        if full {
+            if self.buffers.is_empty() {
+                return;
+            }
+            let mut open = std::mem::take(&mut self.scratch_open);
+            open.clear();
+            open.extend(self.buffers.keys().copied());
+            if let Some(fast) = &choked {
+                open.retain(|p| fast.contains(p));
+            }
+            choked = Some(open);
+        }
+        if choked.as_ref().is_some_and(|fast| fast.is_empty()) {
+            if full {
+                self.scratch_open = choked.unwrap_or_default();
+            }
+            return;
+        }
         // Download limit: no more requests than the budget covers now; the
         // rest wait for the wake-up. (A clone of the Arc: `parole_allows`
         // below borrows the whole core.)
@@ -1410,6 +1520,11 @@ impl TorrentCore {
             }
         }
         self.scratch_requests = picks;
+        if full {
+            // The open-piece list goes back for the next round (no
+            // allocation per round while over budget).
+            self.scratch_open = choked.unwrap_or_default();
+        }
     }
 
     /// `piece` passed as `good` after failing as `bad`: each peer that sent a
@@ -1455,6 +1570,11 @@ impl TorrentCore {
                 return;
             }
             let Some(request) = c.peer.peek_upload() else { return };
+            // The shard's send budget: the request waits in the peer's queue
+            // until bytes come back (deferred, never dropped).
+            if self.have.get(request.piece) && !self.send_share.has_room() {
+                return;
+            }
             if self.have.get(request.piece) {
                 // Upload limit: the request waits in the peer's queue until
                 // both buckets grant its length (delayed, never dropped).
@@ -1476,6 +1596,8 @@ impl TorrentCore {
                 continue;
             }
             c.upload_reads += 1;
+            c.send_reading_bytes += u64::from(request.length);
+            self.send_share.charge(u64::from(request.length));
             self.push(Action::ReadBlock { conn, request });
         }
     }

@@ -111,8 +111,10 @@ impl TorrentCore {
                 let web_in_flight: usize =
                     self.web.seeds.iter().map(|(_, s)| s.in_flight.len()).sum();
                 let (key, seed) = &mut self.web.seeds[i];
+                // The shard's piece budget bounds web seed pieces too.
                 if !seed.may_fetch(now)
                     || self.buffers.len() + self.in_flight.len() + web_in_flight >= max_buffers
+                    || !self.piece_share.has_room()
                 {
                     break;
                 }
@@ -123,6 +125,10 @@ impl TorrentCore {
                     _ => break,
                 };
                 let buffer = self.spare_buffers.pop().unwrap_or_default();
+                // The fetch fills the buffer to the piece's size: charge what
+                // a spare did not already hold (given back by `give_buffer`).
+                let size = u64::from(self.picker.piece_size(piece));
+                self.piece_share.charge(size.saturating_sub(buffer.len() as u64));
                 match PieceFetch::new(seed, &metainfo.info, layout, piece, buffer) {
                     Ok(fetch) => {
                         seed.in_flight.push(piece);

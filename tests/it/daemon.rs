@@ -440,6 +440,14 @@ fn api_adds_pauses_resumes_and_removes_and_the_watch_directory_follows_files() {
     assert_eq!(metric(&metrics, "ringbit_torrents", "state=\"seeding\""), Some(1.0));
     assert!(metrics.contains(&format!("info_hash=\"{}\"", hashes[1])), "{metrics}");
     assert!(metrics.contains("ringbit_shard_torrents{shard=\"0\"}"));
+    let piece_limit = "shard=\"0\",budget=\"piece_buffers\"";
+    assert_eq!(
+        metric(&metrics, "ringbit_shard_memory_limit_bytes", piece_limit),
+        Some((256u64 << 20) as f64),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "ringbit_fd_budget", "share=\"data_files\"").unwrap() >= 1.0);
+    assert!(metric(&metrics, "ringbit_open_fds", "").unwrap() >= 1.0);
     daemon.stop();
 
     // What was removed stays removed; what is left comes back.

@@ -14,6 +14,7 @@ mod download;
 mod drivers;
 mod durability;
 mod encryption;
+mod fd_limits;
 mod foundation;
 mod hostile_peer;
 mod magnet;

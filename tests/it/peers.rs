@@ -186,6 +186,17 @@ impl Payload {
         Payload::finish(dir, save_path, name, piece_log2)
     }
 
+    /// `count` files of `len` bytes each under `name/` (`f0000.bin`...).
+    pub fn many_files(name: &str, count: usize, len: usize, piece_log2: u32) -> Payload {
+        let dir = tempfile::tempdir().unwrap();
+        let save_path = dir.path().join("data");
+        let files: Vec<(String, usize)> =
+            (0..count).map(|i| (format!("{name}/f{i:04}.bin"), len)).collect();
+        let refs: Vec<(&str, usize)> = files.iter().map(|(p, l)| (p.as_str(), *l)).collect();
+        helpers::write_payload(&save_path, &refs);
+        Payload::finish(dir, save_path, name, piece_log2)
+    }
+
     fn finish(dir: tempfile::TempDir, save_path: PathBuf, name: &str, piece_log2: u32) -> Payload {
         let mut p = Payload {
             dir,
