@@ -143,6 +143,7 @@ impl Session {
             config.download_rate_limit_bytes_per_s,
             Instant::now(),
         ));
+        let dht_slot = Arc::new(std::sync::OnceLock::new());
         let inits = receivers
             .into_iter()
             .map(|peers| ShardInit {
@@ -151,6 +152,7 @@ impl Session {
                 trackers: trackers.clone(),
                 peers,
                 rate_limits: rate_limits.clone(),
+                dht: dht_slot.clone(),
             })
             .collect();
         let shards = ShardSet::start(inits, config.pin_shards)?;
@@ -177,7 +179,10 @@ impl Session {
                 dht_options.bind_ips = options.listen_ips.clone();
                 // Peers still come from trackers and --peer without it.
                 match DhtHandle::start(dht_options, sinks, listener.port()) {
-                    Ok(dht) => Some(dht),
+                    Ok(dht) => {
+                        let _ = dht_slot.set(dht.clone());
+                        Some(dht)
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "DHT not started");
                         None
@@ -270,6 +275,13 @@ impl Session {
             ban_duration: ms(config.ban_duration_ms),
             choke_interval_ms: config.choke_interval_ms,
             optimistic_unchoke_interval_ms: config.optimistic_unchoke_interval_ms,
+            // BEP 5 `PORT`: our DHT node's port, for public torrents.
+            dht_port: self
+                .dht
+                .as_ref()
+                .filter(|_| !add.metainfo.info.private)
+                .and_then(|d| d.local_addrs().first())
+                .map(|a| a.port()),
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();

@@ -55,6 +55,7 @@ use crate::config::Config;
 use crate::hash::{HashPool, SubmitError};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::mse::{Cipher, EncryptionPolicy};
+use crate::net::dht::DhtHandle;
 use crate::net::mse_io::{self, PeerCipher};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
@@ -200,6 +201,8 @@ pub struct ShardContext {
     pub process_half_open: Arc<AtomicUsize>,
     /// The I/O driver this shard runs.
     pub driver: IoDriver,
+    /// The DHT once started (peers' `PORT` messages feed it).
+    pub dht: Arc<std::sync::OnceLock<DhtHandle>>,
 }
 
 /// One outgoing connect's place in the shard's and the process's half-open
@@ -238,6 +241,8 @@ pub struct ShardShared {
     pub hash_pool: Arc<HashPool>,
     pub trackers: Option<TrackerHandle>,
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// The DHT once started.
+    pub dht: Arc<std::sync::OnceLock<DhtHandle>>,
     /// Outgoing connects in flight in the whole process.
     pub process_half_open: Arc<AtomicUsize>,
     pub driver: IoDriver,
@@ -245,8 +250,15 @@ pub struct ShardShared {
 
 impl ShardContext {
     pub fn new(index: usize, shard_count: usize, shared: ShardShared) -> Rc<ShardContext> {
-        let ShardShared { config, hash_pool, trackers, rate_limits, process_half_open, driver } =
-            shared;
+        let ShardShared {
+            config,
+            hash_pool,
+            trackers,
+            rate_limits,
+            dht,
+            process_half_open,
+            driver,
+        } = shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
             index,
@@ -263,6 +275,7 @@ impl ShardContext {
             half_open: Cell::new(0),
             process_half_open,
             driver,
+            dht,
         })
     }
 }
@@ -855,6 +868,13 @@ impl TorrentTask {
                 Action::FetchWebSeed { seed, fetch } => {
                     let task = self.clone();
                     super::driver::spawn(async move { task.fetch_web_seed(seed, fetch).await });
+                }
+                Action::DhtNode(node) => {
+                    // Bounded: one PORT per connection, and the DHT's
+                    // command queue drops what it cannot take.
+                    if let Some(dht) = self.ctx.dht.get() {
+                        let _ = dht.add_node(node);
+                    }
                 }
                 Action::WebSeedDisabled { url, reason } => {
                     tracing::warn!(info_hash = %self.info_hash, %url, %reason, "web seed disabled");

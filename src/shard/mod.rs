@@ -114,6 +114,9 @@ pub struct ShardInit {
     pub peers: Option<PeerReceiver>,
     /// The process-wide rate limits (the same `Arc` for every shard).
     pub rate_limits: Arc<ProcessRateLimits>,
+    /// The DHT, once the session started it (after the shards): peers'
+    /// `PORT` messages go to it.
+    pub dht: Arc<std::sync::OnceLock<crate::net::dht::DhtHandle>>,
 }
 
 /// Why the shards could not start.
@@ -301,6 +304,7 @@ fn shard_thread(
             hash_pool: init.hash_pool,
             trackers: init.trackers,
             rate_limits: init.rate_limits,
+            dht: init.dht,
             process_half_open: signals.half_open,
             driver: io_driver,
         },
@@ -478,6 +482,7 @@ mod tests {
                 trackers: None,
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+                dht: Arc::default(),
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();
@@ -504,6 +509,7 @@ mod tests {
             trackers: None,
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
+            dht: Arc::default(),
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();
         let sender = set.sender(0);

@@ -201,6 +201,10 @@ def cmd_leech(a):
     ses = session(a.port)
     apply_settings(ses, a)
     h = add(ses, a)
+    if a.torrent_download_limit:
+        # A torrent limit binds loopback peers too (session limits do not:
+        # libtorrent puts local peers in an unlimited peer class).
+        h.set_download_limit(a.torrent_download_limit)
     emit({"event": "listening", "port": ses.listen_port()})
     start = time.monotonic()
     deadline = start + a.timeout
@@ -228,6 +232,9 @@ def main():
         s.add_argument("--set", action="append", type=parse_setting, metavar="NAME=VALUE")
         if name == "seed":
             s.add_argument("--high-performance-seed", action="store_true")
+        else:
+            s.add_argument("--torrent-download-limit", type=int, default=0,
+                           metavar="BYTES_PER_S")
     a = ap.parse_args()
     sys.exit({"seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0)
 
