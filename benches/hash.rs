@@ -1,5 +1,8 @@
 //! SHA1 throughput: one core (`sha1`), the engine's `HashPool` on every core
 //! (batches of 256 KiB pieces), and `hash_pieces_parallel` from memory.
+//! `sha1_backends` compares the `sha1` crate with OpenSSL on one core (needs
+//! `--features openssl-sha1`; scripts/bench-sha1.sh also runs it with the
+//! SHA extensions masked, as on a CPU without SHA-NI).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringbit::hash::{default_threads, hash_pieces_parallel, sha1, HashPool, PieceJob};
@@ -75,5 +78,22 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn backends(c: &mut Criterion) {
+    use sha1::Digest;
+    let data: Vec<u8> = (0..(4usize << 20)).map(|j| (j * 7 + j / 4099) as u8).collect();
+    let mut g = c.benchmark_group("sha1_backends");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10);
+    g.bench_function("sha1_crate", |b| {
+        b.iter(|| {
+            let digest: [u8; 20] = sha1::Sha1::digest(std::hint::black_box(&data)).into();
+            digest
+        })
+    });
+    #[cfg(feature = "openssl-sha1")]
+    g.bench_function("openssl", |b| b.iter(|| openssl::sha::sha1(std::hint::black_box(&data))));
+    g.finish();
+}
+
+criterion_group!(benches, bench, backends);
 criterion_main!(benches);

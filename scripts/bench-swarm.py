@@ -97,11 +97,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LT_TOOL = os.path.join(REPO, "tests", "peers", "lt_tool.py")
 LT_EXTRA = os.path.join(REPO, "tests", "peers", "lt_extra.py")
 PYTHON = "/usr/bin/python3"  # python3-libtorrent is built for Debian's interpreter
-LEECHERS = ["libtorrent", "libtorrent-dq", "aria2", "transmission", "ringbit"]
+LEECHERS = ["libtorrent", "libtorrent-dq", "aria2", "transmission", "ringbit", "ringbit-epoll"]
 DEFAULT_LEECHERS = ["libtorrent", "aria2", "transmission", "ringbit"]
 # libtorrent-hp: the libtorrent seeder with libtorrent's own
 # high_performance_seed() preset (lt_extra.py seed --high-performance-seed).
-SEEDERS = ["libtorrent", "libtorrent-hp", "ringbit"]
+# ringbit-epoll: ringbit forced onto its epoll I/O driver (--io-driver epoll);
+# plain "ringbit" runs on io_uring where the kernel allows it.
+SEEDERS = ["libtorrent", "libtorrent-hp", "ringbit", "ringbit-epoll"]
 # libtorrent-dq: the libtorrent leecher with its disk queue (max_queued_disk_bytes,
 # qBittorrent's "disk queue size") raised from 1 MiB to this. At 1 MiB the
 # leecher stops reading its socket whenever a MiB waits for its disk threads,
@@ -115,12 +117,15 @@ COMPARE_PAIRS = [("libtorrent", "libtorrent"), ("ringbit", "libtorrent"), ("ring
                  ("libtorrent-hp", "libtorrent-dq")]
 # --transmission: a transmission leecher from each seeder (issue 11: >= 0.8x).
 TRANSMISSION_PAIRS = [("libtorrent", "transmission"), ("ringbit", "transmission")]
+# --drivers: ringbit -> ringbit on each I/O driver (issue 15: epoll >= 0.8x io_uring).
+DRIVER_PAIRS = [("ringbit", "ringbit"), ("ringbit-epoll", "ringbit-epoll")]
 # A line a leecher prints once it has every piece verified (transmission has
 # none: its -f script makes a marker file instead).
 DONE_MARKS = {
     "libtorrent": b'"event": "done"',
     "libtorrent-dq": b'"event": "done"',
     "ringbit": b"download finished",
+    "ringbit-epoll": b"download finished",
     "aria2": b"Download complete",
 }
 ARIA2_COMMON = [
@@ -279,7 +284,9 @@ class Seeder:
             # resume state and skips the recheck.
             cmd = [ringbit, "seed", torrent, data_dir, "--port", str(self.port),
                    "--bind", "127.0.0.1", "--no-dht", "--state-dir",
-                   os.path.join(workdir, "seed-state")] + ringbit_flags
+                   os.path.join(workdir, "seed-state-" + kind)] + ringbit_flags
+            if kind == "ringbit-epoll":
+                cmd += ["--io-driver", "epoll"]
             stdin = subprocess.DEVNULL
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=self.log, stderr=self.log)
@@ -296,7 +303,7 @@ class Seeder:
         peers only at start, so it is restarted with --peer (its resume state
         skips the recheck) and `restarted` is set: the caller must take the
         new process's CPU from zero."""
-        if self.kind != "ringbit":
+        if not self.kind.startswith("ringbit"):
             self.send("connect " + addr)
             return
         self.proc.send_signal(signal.SIGINT)
@@ -377,13 +384,15 @@ class Leecher:
             cmd = ["transmission-cli", "-g", config, "-p", str(port), "-f", script, "-M", "-D",
                    "-U", "-w", self.out_dir, torrent]
             dial = True
-        elif kind == "ringbit":
+        elif kind in ("ringbit", "ringbit-epoll"):
             # -v: the "download finished" line; a state dir of its own, so
             # runs do not share resume state.
             cmd = [a.ringbit, "-v", "download", torrent, "-o", self.out_dir, "--port", str(port),
                    "--bind", "127.0.0.1", "--no-trackers", "--no-dht", "--peer", seed_addr,
                    "--state-dir", os.path.join(run_dir, "state")] + a.ringbit_flag \
                 + a.ringbit_leech_flag
+            if kind == "ringbit-epoll":
+                cmd += ["--io-driver", "epoll"]
         else:
             die("unknown leecher %s" % kind)
         self.log_path = os.path.join(run_dir, "leecher.log")
@@ -588,6 +597,9 @@ def main():
     ap.add_argument("--leech-compare", action="store_true",
                     help="the issue 14 leecher targets in one run: aria2, libtorrent and "
                     "ringbit leechers from the same ringbit seed")
+    ap.add_argument("--drivers", action="store_true",
+                    help="issue 15's pair: ringbit -> ringbit on io_uring and on epoll, "
+                    "rate and CPU ratios (goal: epoll >= 0.8x io_uring's rate)")
     ap.add_argument("--leechers", default=",".join(DEFAULT_LEECHERS),
                     help="comma-separated, from: " + ", ".join(LEECHERS))
     ap.add_argument("--seeder", choices=SEEDERS, default="libtorrent")
@@ -617,12 +629,14 @@ def main():
         pairs = list(COMPARE_PAIRS)
     elif a.transmission:
         pairs = list(TRANSMISSION_PAIRS)
+    elif a.drivers:
+        pairs = list(DRIVER_PAIRS)
     elif a.leech_compare:
         pairs = list(LEECH_COMPARE_PAIRS)
     else:
         pairs = [(a.seeder, k.strip()) for k in a.leechers.split(",") if k.strip()]
     for sub, role in (("download", "leecher"), ("seed", "seeder")):
-        uses = [p for p in pairs if p[0 if role == "seeder" else 1] == "ringbit"]
+        uses = [p for p in pairs if p[0 if role == "seeder" else 1].startswith("ringbit")]
         if uses:
             note = ringbit_missing(a.ringbit, sub)
             if note:
@@ -727,7 +741,7 @@ def main():
                        (("ringbit", "libtorrent-dq"), ("libtorrent-hp", "libtorrent-dq"))]
     elif a.transmission:
         comparisons = [TRANSMISSION_PAIRS[::-1]]
-    elif a.leech_compare:
+    elif a.leech_compare or a.drivers:
         comparisons = []
     elif a.seeder == "libtorrent":
         comparisons = [(p, ("libtorrent", "libtorrent")) for p in med]
@@ -777,6 +791,25 @@ def main():
         target_cols = ["target", "measured", "wanted", "met"]
         target_rows = [["rate, transmission leecher: ringbit seed / libtorrent seed",
                         "%.2fx" % ratio, ">= 0.80", "yes" if ratio >= 0.8 else "NO"]]
+        print()
+        print(fmt_table(target_rows, target_cols))
+        tables.append((target_rows, target_cols))
+    elif a.drivers:
+        ur, ep = med[DRIVER_PAIRS[0]], med[DRIVER_PAIRS[1]]
+        per_round = " ".join("%.2f" % (r[DRIVER_PAIRS[1]]["mbps"] / r[DRIVER_PAIRS[0]]["mbps"])
+                             for r in rounds)
+        target_cols = ["epoll / io_uring", "measured", "wanted", "met"]
+        target_rows = [
+            ["rate (per round: %s)" % per_round, "%.2fx" % (ep["mbps"] / ur["mbps"]),
+             ">= 0.80", "yes" if ep["mbps"] / ur["mbps"] >= 0.8 else "NO"],
+            ["leecher CPU per GiB", "%.2fx" % (ep["cpu_per_gib"] / ur["cpu_per_gib"]), "", ""],
+            ["seeder CPU per GiB", "%.2fx" % (ep["seed_cpu_per_gib"] / ur["seed_cpu_per_gib"]),
+             "", ""],
+            ["leecher peak RSS", "%.2fx" % (ep["rss_mib"] / max(ur["rss_mib"], 1e-9)), "", ""],
+        ]
+        print()
+        print(fmt_table(target_rows, target_cols))
+        tables.append((target_rows, target_cols))
     elif a.leech_compare:
         # The leecher is what differs: ratios of leecher rate, leecher CPU and
         # RSS against aria2 (and libtorrent) from the same ringbit seeder.

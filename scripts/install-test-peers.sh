@@ -5,8 +5,9 @@
 # Idempotent: does nothing when everything is already installed.
 # python3-fusepy (with libfuse2) runs tests/peers/failfs.py, the FUSE
 # filesystem whose fsync fails on demand (tests/it/durability.rs).
+# libssl-dev and pkg-config build the optional openssl-sha1 feature (tested below).
 set -euo pipefail
-PACKAGES=(python3-libtorrent python3-pip transmission-cli transmission-daemon aria2 opentracker mktorrent python3-fusepy strace python3-seccomp)
+PACKAGES=(python3-libtorrent python3-pip transmission-cli transmission-daemon aria2 opentracker mktorrent python3-fusepy strace python3-seccomp libssl-dev pkg-config)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-peers.sh
 cargo test --all-targets --locked "$@"
 cargo test --doc --locked
+echo "== the SHA1 backends with the optional openssl-sha1 feature"
+cargo test --lib --locked --features openssl-sha1 "$@" -- hash::
 echo "== the download, seeding and daemon interop tests again on the epoll driver"
 RINGBIT_IO_DRIVER=epoll cargo test --test it --locked "$@" -- download:: seeding:: daemon::

@@ -307,10 +307,17 @@ impl Session {
                 self.announce(trackers, info_hash, tiers, &status)?;
             }
         }
-        if let (Some(dht), true) = (&self.dht, use_dht) {
-            if let Err(error) = dht.add_torrent(info_hash, self.listen_port()) {
-                tracing::warn!(%info_hash, %error, "not announced on the DHT");
+        match (&self.dht, use_dht) {
+            (Some(dht), true) => {
+                if let Err(error) = dht.add_torrent(info_hash, self.listen_port()) {
+                    tracing::warn!(%info_hash, %error, "not announced on the DHT");
+                }
             }
+            // Private, possibly after a magnet fetch that looked it up.
+            (Some(dht), false) => {
+                let _ = dht.remove_torrent(info_hash);
+            }
+            (None, _) => {}
         }
         self.torrents.lock().unwrap_or_else(|e| e.into_inner()).insert(info_hash, status.clone());
         self.torrent_keys.insert(info_hash);
@@ -372,6 +379,14 @@ impl Session {
                     .insert(info_hash, status.counters.clone());
             }
         }
+        // A magnet link does not say whether its torrent is private: it is
+        // looked up on the DHT until the metadata says otherwise (then
+        // [`Session::add`] takes it off, BEP 27), as libtorrent does.
+        if let Some(dht) = &self.dht {
+            if let Err(error) = dht.add_torrent(info_hash, self.listen_port()) {
+                tracing::warn!(%info_hash, %error, "metadata fetch not looked up on the DHT");
+            }
+        }
         Ok(status)
     }
 
@@ -381,6 +396,9 @@ impl Session {
             self.fetch_counters.lock().unwrap_or_else(|e| e.into_inner()).remove(&info_hash);
         if let (Some(trackers), Some(_)) = (&self.trackers, counters) {
             let _ = trackers.remove(info_hash);
+        }
+        if let Some(dht) = &self.dht {
+            let _ = dht.remove_torrent(info_hash);
         }
         let (reply, done) = oneshot::channel();
         let shard = self.shards.shard_of(&info_hash);

@@ -395,6 +395,11 @@ impl From<DaemonError> for ApiError {
             DaemonError::Roots(super::roots::RootsError::Outside { .. }) => StatusCode::FORBIDDEN,
             DaemonError::Roots(_) => StatusCode::BAD_REQUEST,
             DaemonError::Duplicate(_) => StatusCode::CONFLICT,
+            DaemonError::Label(
+                super::labels::LabelError::CategoryExists(_)
+                | super::labels::LabelError::NoSuchCategory(_),
+            ) => StatusCode::CONFLICT,
+            DaemonError::Label(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
             DaemonError::TooMany(_) | DaemonError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

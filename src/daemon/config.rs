@@ -118,6 +118,7 @@ struct RawApi {
     header_read_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    qbittorrent_version: Option<u8>,
 }
 
 /// The control API's access and server settings (`[api]`).
@@ -140,6 +141,9 @@ pub struct ApiConfig {
     pub header_read_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub max_connections: usize,
+    /// The qBittorrent major version `/api/v2` answers as: 4 (`v4.6.7`,
+    /// states `pausedUP`) or 5 (`v5.0.4`, states `stoppedUP`).
+    pub qbittorrent_version: u8,
 }
 
 impl Default for ApiConfig {
@@ -154,6 +158,7 @@ impl Default for ApiConfig {
             header_read_timeout_secs: API_HEADER_READ_TIMEOUT_SECS_DEFAULT,
             request_timeout_secs: API_REQUEST_TIMEOUT_SECS_DEFAULT,
             max_connections: API_MAX_CONNECTIONS_DEFAULT,
+            qbittorrent_version: 4,
         }
     }
 }
@@ -408,6 +413,11 @@ fn api_config(raw: RawApi, listen: SocketAddr) -> Result<ApiConfig, (&'static st
         Some(n) => n,
         None => defaults.max_connections,
     };
+    let qbittorrent_version = match raw.qbittorrent_version {
+        None => defaults.qbittorrent_version,
+        Some(v @ (4 | 5)) => v,
+        Some(_) => return Err(("api.qbittorrent_version", "must be 4 or 5".into())),
+    };
     if raw.hosts.len() > API_NAMES_MAX || raw.origins.len() > API_NAMES_MAX {
         return Err(("api.hosts", format!("at most {API_NAMES_MAX} hosts and origins")));
     }
@@ -426,6 +436,7 @@ fn api_config(raw: RawApi, listen: SocketAddr) -> Result<ApiConfig, (&'static st
         header_read_timeout_secs,
         request_timeout_secs,
         max_connections,
+        qbittorrent_version,
     })
 }
 

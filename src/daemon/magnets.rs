@@ -17,7 +17,7 @@
 //! checks it, and `Metainfo::from_bytes` recomputes it).
 
 use super::registry::Source;
-use super::{lock, Daemon, DaemonError};
+use super::{lock, AddExtra, Daemon, DaemonError};
 use crate::magnet::{torrent_file_bytes_with_web_seeds, Magnet};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::session::FetchStatus;
@@ -46,6 +46,12 @@ pub struct MagnetJob {
     pub download_dir: PathBuf,
     pub source: Source,
     pub paused: bool,
+    /// Labels and limits its torrent is added with.
+    #[serde(default)]
+    pub extra: AddExtra,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub added_at: u64,
 }
 
 /// What the daemon keeps of its pending links.
@@ -53,6 +59,8 @@ pub struct MagnetJob {
 pub struct Pending {
     /// Info hash -> display name, for duplicate checks and views.
     pub names: HashMap<InfoHash, String>,
+    /// Info hash -> its job, for views (same keys as `names`).
+    pub jobs: HashMap<InfoHash, MagnetJob>,
 }
 
 fn pending_dir(state_dir: &Path) -> PathBuf {
@@ -80,18 +88,41 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
+        self.add_magnet_with(uri, download_dir, source, paused, AddExtra::default())
+    }
+
+    /// [`Daemon::add_magnet`] with labels and limits for its torrent.
+    pub fn add_magnet_with(
+        &self,
+        uri: &str,
+        download_dir: Option<PathBuf>,
+        source: Source,
+        paused: bool,
+        extra: AddExtra,
+    ) -> Result<(InfoHash, String), DaemonError> {
         let magnet =
             Magnet::parse(uri.trim()).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
         let info_hash = magnet.info_hash;
         let saved = resume::torrent_path(&self.config.state_dir, info_hash);
         if let Ok(bytes) = std::fs::read(&saved) {
             if Metainfo::from_bytes(&bytes).is_ok_and(|m| m.info_hash == info_hash) {
-                return self.add_torrent(bytes, download_dir, source, paused);
+                return self.add_torrent_with(bytes, download_dir, source, paused, extra);
             }
         }
-        let download_dir = download_dir.unwrap_or_else(|| self.config.download_dir.clone());
+        // Checked now (the torrent is added later, from the fetch thread).
+        let download_dir = match download_dir {
+            Some(dir) => super::roots::resolve_under(&dir, &self.roots)?,
+            None => self.config.download_dir.clone(),
+        };
         let name = magnet.display_name.clone().unwrap_or_else(|| info_hash.to_hex());
-        let job = MagnetJob { uri: magnet.to_uri(), download_dir, source, paused };
+        let job = MagnetJob {
+            uri: magnet.to_uri(),
+            download_dir,
+            source,
+            paused,
+            extra,
+            added_at: super::unix_now(),
+        };
         {
             let _ops = lock(&self.ops);
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
@@ -118,6 +149,7 @@ impl Daemon {
             std::fs::write(&path, text)
                 .map_err(|source| DaemonError::ReadTorrent { path: path.clone(), source })?;
             pending.names.insert(info_hash, name.clone());
+            pending.jobs.insert(info_hash, job.clone());
         }
         let _ = self.magnet_jobs.send(job);
         tracing::info!(%info_hash, %name, "magnet link added; fetching its metadata");
@@ -129,11 +161,53 @@ impl Daemon {
         lock(&self.magnets).names.iter().map(|(h, n)| (*h, n.clone())).collect()
     }
 
+    /// Views of the links fetching their metadata (state `metadata`,
+    /// nothing known but the name and where it will go).
+    pub fn pending_magnet_views(&self) -> Vec<super::TorrentView> {
+        let pending = lock(&self.magnets);
+        let mut views: Vec<super::TorrentView> = pending
+            .jobs
+            .iter()
+            .map(|(info_hash, job)| super::TorrentView {
+                info_hash: info_hash.to_hex(),
+                name: pending.names.get(info_hash).cloned().unwrap_or_default(),
+                state: "metadata",
+                size: 0,
+                piece_count: 0,
+                have_pieces: 0,
+                progress: 0.0,
+                downloaded: 0,
+                uploaded: 0,
+                download_rate: 0,
+                upload_rate: 0,
+                peers: 0,
+                shard: info_hash.shard(self.shard_count),
+                download_dir: job.download_dir.clone(),
+                source: job.source.clone(),
+                added_at: job.added_at,
+                rechecked_pieces: 0,
+                upload_rate_limit: job.extra.upload_rate_limit,
+                download_rate_limit: job.extra.download_rate_limit,
+                error: None,
+                trackers: Vec::new(),
+                labels: job.extra.labels.clone(),
+                totals: Default::default(),
+                piece_length: 0,
+            })
+            .collect();
+        views.sort_by(|a, b| a.info_hash.cmp(&b.info_hash));
+        views
+    }
+
     /// Stops fetching a pending link and forgets it; false when it is not
     /// pending.
     pub(super) fn remove_magnet(&self, info_hash: InfoHash) -> bool {
-        if lock(&self.magnets).names.remove(&info_hash).is_none() {
-            return false;
+        {
+            let mut pending = lock(&self.magnets);
+            pending.jobs.remove(&info_hash);
+            if pending.names.remove(&info_hash).is_none() {
+                return false;
+            }
         }
         self.with_session(|s| s.cancel_fetch(info_hash));
         let _ = std::fs::remove_file(pending_path(&self.config.state_dir, info_hash));
@@ -202,7 +276,10 @@ impl Daemon {
     fn queue_loaded(&self, job: MagnetJob) {
         let Ok(magnet) = Magnet::parse(&job.uri) else { return };
         let name = magnet.display_name.unwrap_or_else(|| magnet.info_hash.to_hex());
-        lock(&self.magnets).names.insert(magnet.info_hash, name);
+        let mut pending = lock(&self.magnets);
+        pending.names.insert(magnet.info_hash, name);
+        pending.jobs.insert(magnet.info_hash, job.clone());
+        drop(pending);
         let _ = self.magnet_jobs.send(job);
     }
 
@@ -244,11 +321,20 @@ impl Daemon {
         if let Err(error) = resume::save_torrent(&self.config.state_dir, info_hash, &bytes) {
             tracing::warn!(%info_hash, %error, "cannot save the fetched torrent");
         }
-        lock(&self.magnets).names.remove(&info_hash);
+        {
+            let mut pending = lock(&self.magnets);
+            pending.names.remove(&info_hash);
+            pending.jobs.remove(&info_hash);
+        }
         // The fetch's peers are worth dialling at once.
         lock(&self.magnet_peers).insert(info_hash, status.sources());
-        let added =
-            self.add_torrent(bytes, Some(job.download_dir.clone()), job.source.clone(), job.paused);
+        let added = self.add_torrent_with(
+            bytes,
+            Some(job.download_dir.clone()),
+            job.source.clone(),
+            job.paused,
+            job.extra.clone(),
+        );
         let _ = std::fs::remove_file(pending_path(&self.config.state_dir, info_hash));
         match added {
             Ok((_, name)) => tracing::info!(%info_hash, %name, "metadata received; torrent added"),

@@ -31,11 +31,14 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod labels;
 pub mod magnets;
 pub mod metrics;
 pub mod qbt;
+pub mod qbt_sync;
 pub mod registry;
 pub mod roots;
+pub mod share;
 pub mod watch;
 
 use crate::bitfield::Bitfield;
@@ -49,7 +52,7 @@ use crate::tracker::schedule::TrackerStatus;
 use crate::wire::PeerId;
 use config::DaemonConfig;
 use crossbeam_channel::{Receiver, Sender};
-use registry::{EntryMeta, Registry, RegistryError, Source};
+use registry::{EntryMeta, Labels, Registry, RegistryError, Source, Totals};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -88,6 +91,8 @@ pub enum DaemonError {
     Roots(#[from] roots::RootsError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Label(#[from] labels::LabelError),
     #[error("download_dir {} is not under any of download_roots", .0.display())]
     DownloadDirOutsideRoots(PathBuf),
 }
@@ -114,6 +119,19 @@ struct Entry {
     /// Flush failures of its current run already added to
     /// [`Daemon::flush_failures`].
     flush_failures_counted: u64,
+    /// Totals of its earlier runs and its seeding time ([`share`]).
+    share: share::ShareTracker,
+}
+
+/// What a torrent is added with besides its bytes, place and source (the
+/// qBittorrent API's options; all default to none).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct AddExtra {
+    pub labels: Labels,
+    /// Bytes per second, 0 = none.
+    pub upload_rate_limit: u64,
+    pub download_rate_limit: u64,
 }
 
 /// Daemon start-up progress (the registry's torrents being checked and started).
@@ -159,6 +177,12 @@ pub struct Daemon {
     magnet_peers: Mutex<std::collections::HashMap<InfoHash, Vec<std::net::SocketAddr>>>,
     /// Storage flushes that failed since the daemon started (all torrents).
     flush_failures: AtomicU64,
+    /// Categories, tags and global share limits ([`labels`]).
+    labels: Mutex<labels::LabelStore>,
+    /// `totals.json` as last written.
+    saved_totals: Mutex<BTreeMap<String, Totals>>,
+    /// Totals read at start, handed to the torrents as they load.
+    loaded_totals: Mutex<BTreeMap<String, Totals>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,6 +222,11 @@ impl Daemon {
             None => None,
         };
         let registry = Registry::open(&config.state_dir)?;
+        let labels = Daemon::load_labels(&registry);
+        let totals = registry.load_totals().unwrap_or_else(|error| {
+            tracing::error!(%error, "totals.json unreadable; ratios and seeding times restart");
+            BTreeMap::new()
+        });
         let peer_id = PeerId::ours(rand::random());
         let mut tracker_config = TrackerConfig::new(peer_id.0);
         if let Some(secs) = config.reannounce_secs {
@@ -249,6 +278,9 @@ impl Daemon {
             magnet_jobs,
             magnet_peers: Mutex::new(std::collections::HashMap::new()),
             flush_failures: AtomicU64::new(0),
+            labels: Mutex::new(labels),
+            saved_totals: Mutex::new(totals.clone()),
+            loaded_totals: Mutex::new(totals),
         });
         let starters = (crate::hash::default_threads() * 2).max(STARTER_THREADS_MIN);
         for i in 0..starters {
@@ -261,6 +293,8 @@ impl Daemon {
         daemon.spawn("ringbit-magnets", move || d.run_magnets(magnet_receiver))?;
         let d = daemon.clone();
         daemon.spawn("ringbit-resume", move || d.run_resume_saver())?;
+        let d = daemon.clone();
+        daemon.spawn("ringbit-share", move || d.run_share_limits())?;
         Ok(daemon)
     }
 
@@ -278,11 +312,29 @@ impl Daemon {
             tracing::error!(%error, "registry entry skipped");
             lock(&self.startup.errors).push(error.to_string());
         }
+        // A paused torrent is not checked until resumed: what its resume
+        // file claims (when its files did not change) is its progress.
+        let paused_have: Vec<Option<Bitfield>> = loaded
+            .iter()
+            .map(|entry| {
+                entry.meta.paused.then(|| {
+                    resume::load_trusted(
+                        &self.config.state_dir,
+                        entry.metainfo.info_hash,
+                        &entry.metainfo.info,
+                        &entry.meta.download_dir,
+                    )
+                })?
+            })
+            .collect();
         let mut torrents = lock(&self.torrents);
         let mut queued = Vec::new();
-        for entry in loaded {
+        let mut totals = std::mem::take(&mut *lock(&self.loaded_totals));
+        for (entry, saved) in loaded.into_iter().zip(paused_have) {
             let info_hash = entry.metainfo.info_hash;
             let paused = entry.meta.paused;
+            let share =
+                share::ShareTracker::new(totals.remove(&info_hash.to_hex()).unwrap_or_default());
             torrents.insert(
                 info_hash,
                 Entry {
@@ -290,9 +342,10 @@ impl Daemon {
                     meta: entry.meta,
                     state: if paused { EntryState::Paused } else { EntryState::Queued },
                     rechecked_pieces: 0,
-                    saved: None,
+                    saved,
                     in_startup: !paused,
                     flush_failures_counted: 0,
+                    share,
                 },
             );
             if !paused {
@@ -485,10 +538,22 @@ impl Daemon {
         source: Source,
         paused: bool,
     ) -> Result<(InfoHash, String), DaemonError> {
+        self.add_torrent_with(bytes, download_dir, source, paused, AddExtra::default())
+    }
+
+    /// [`Daemon::add_torrent`] with labels, share and rate limits.
+    pub fn add_torrent_with(
+        &self,
+        bytes: Vec<u8>,
+        download_dir: Option<PathBuf>,
+        source: Source,
+        paused: bool,
+        extra: AddExtra,
+    ) -> Result<(InfoHash, String), DaemonError> {
         if magnets::is_magnet(&bytes) {
             let uri = std::str::from_utf8(&bytes)
                 .map_err(|_| DaemonError::BadTorrent("magnet link is not UTF-8".into()))?;
-            return self.add_magnet(uri, download_dir, source, paused);
+            return self.add_magnet_with(uri, download_dir, source, paused, extra);
         }
         let metainfo =
             Metainfo::from_bytes(&bytes).map_err(|e| DaemonError::BadTorrent(e.to_string()))?;
@@ -519,8 +584,9 @@ impl Daemon {
             paused,
             source,
             added_at: unix_now(),
-            upload_rate_limit: 0,
-            download_rate_limit: 0,
+            upload_rate_limit: extra.upload_rate_limit,
+            download_rate_limit: extra.download_rate_limit,
+            labels: extra.labels,
         };
         self.registry.insert(info_hash, &bytes, &meta)?;
         lock(&self.torrents).insert(
@@ -533,6 +599,7 @@ impl Daemon {
                 saved: None,
                 in_startup: false,
                 flush_failures_counted: 0,
+                share: share::ShareTracker::default(),
             },
         );
         if !paused {
@@ -558,6 +625,78 @@ impl Daemon {
         self.add_torrent(bytes, download_dir, source, paused)
     }
 
+    /// A torrent's metainfo.
+    pub fn metainfo(&self, info_hash: InfoHash) -> Option<Arc<Metainfo>> {
+        lock(&self.torrents).get(&info_hash).map(|e| e.metainfo.clone())
+    }
+
+    /// A torrent's verified pieces (running: now; otherwise what its resume
+    /// state says, empty when none).
+    pub fn have_pieces(&self, info_hash: InfoHash) -> Option<Bitfield> {
+        let torrents = lock(&self.torrents);
+        let entry = torrents.get(&info_hash)?;
+        Some(match &entry.state {
+            EntryState::Running(status) => {
+                status.have.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            }
+            _ => entry
+                .saved
+                .clone()
+                .unwrap_or_else(|| Bitfield::new(entry.metainfo.info.piece_count())),
+        })
+    }
+
+    /// Checks a torrent's data again from scratch: a running one is stopped,
+    /// its resume state deleted and it is queued (its pieces are hashed
+    /// before it runs again); a paused one is checked when resumed. One
+    /// being checked or queued already is left alone.
+    pub fn recheck(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        let _ops = lock(&self.ops);
+        let (was, paused) = {
+            let mut torrents = lock(&self.torrents);
+            let entry = torrents.get_mut(&info_hash).ok_or(DaemonError::NotFound(info_hash))?;
+            if matches!(entry.state, EntryState::Queued | EntryState::Checking) {
+                return Ok(());
+            }
+            if let EntryState::Running(status) = &entry.state {
+                entry.share.end_run(
+                    status.counters.uploaded.load(Ordering::Relaxed),
+                    status.counters.downloaded.load(Ordering::Relaxed),
+                );
+            }
+            let paused = entry.meta.paused;
+            let next = if paused { EntryState::Paused } else { EntryState::Queued };
+            entry.saved = None;
+            (std::mem::replace(&mut entry.state, next), paused)
+        };
+        if let EntryState::Running(_) = was {
+            self.with_session(|s| s.remove(info_hash));
+        }
+        let path = resume::resume_path(&self.config.state_dir, info_hash);
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), %error, "cannot delete resume state");
+            }
+        }
+        if !paused {
+            let _ = self.start_jobs.send(info_hash);
+        }
+        tracing::info!(%info_hash, "torrent queued for a full recheck");
+        Ok(())
+    }
+
+    /// Announces a running torrent to its trackers now.
+    pub fn reannounce(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
+        let running = lock(&self.torrents)
+            .get(&info_hash)
+            .map(|e| matches!(e.state, EntryState::Running(_)))
+            .ok_or(DaemonError::NotFound(info_hash))?;
+        if running {
+            self.with_session(|s| s.trackers().map(|t| t.reannounce(info_hash)));
+        }
+        Ok(())
+    }
+
     /// Stops a torrent and remembers it as paused.
     pub fn pause(&self, info_hash: InfoHash) -> Result<(), DaemonError> {
         let _ops = lock(&self.ops);
@@ -569,6 +708,12 @@ impl Daemon {
             }
             entry.meta.paused = true;
             self.registry.update(info_hash, &entry.meta)?;
+            if let EntryState::Running(status) = &entry.state {
+                entry.share.end_run(
+                    status.counters.uploaded.load(Ordering::Relaxed),
+                    status.counters.downloaded.load(Ordering::Relaxed),
+                );
+            }
             std::mem::replace(&mut entry.state, EntryState::Paused)
         };
         if let EntryState::Running(status) = state {
@@ -771,6 +916,7 @@ impl Daemon {
             self.stop_receiver.recv_timeout(interval)
         {
             self.checkpoint_changed();
+            self.save_totals();
         }
     }
 
@@ -837,6 +983,7 @@ impl Daemon {
         for (info_hash, status) in running {
             self.save_if_changed(info_hash, &status);
         }
+        self.save_totals();
         drop(_ops);
         // Starter threads busy with a long recheck are not waited for: they
         // see `stopping` and add nothing.
@@ -894,6 +1041,9 @@ impl Daemon {
             download_rate_limit: entry.meta.download_rate_limit,
             error: brief.error,
             trackers: Vec::new(),
+            labels: entry.meta.labels.clone(),
+            totals: entry.share.with_run(brief.uploaded, brief.downloaded),
+            piece_length: info.piece_length as u64,
         };
         if let (EntryState::Running(_), Some(trackers)) =
             (&entry.state, session.and_then(Session::trackers))
@@ -1154,6 +1304,12 @@ pub struct TorrentView {
     pub download_rate_limit: u64,
     pub error: Option<String>,
     pub trackers: Vec<TrackerView>,
+    /// Category, tags and share limits (the qBittorrent API's).
+    pub labels: Labels,
+    /// Over every run: bytes uploaded and downloaded, seconds seeded, when
+    /// it completed.
+    pub totals: Totals,
+    pub piece_length: u64,
 }
 
 /// One tracker of a torrent as the API shows it.

@@ -13,12 +13,18 @@
 
 use crate::metainfo::{InfoHash, Metainfo};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Largest `.json` sidecar read.
 const META_FILE_MAX_BYTES: u64 = 64 * 1024;
+/// Largest `labels.json` read (1,000 categories and 1,000 tags of at most
+/// 255 bytes, with their save paths, fit with room to spare).
+pub const LABELS_FILE_MAX_BYTES: u64 = 4 << 20;
+/// Largest `totals.json` read (about 150 bytes per torrent).
+pub const TOTALS_FILE_MAX_BYTES: u64 = 64 << 20;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +50,50 @@ pub enum Source {
     Watch { path: PathBuf },
 }
 
+/// A torrent's qBittorrent-API labels and share limits (persisted in its
+/// sidecar; absent in sidecars written before they existed).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct Labels {
+    /// "" = none.
+    pub category: String,
+    pub tags: BTreeSet<String>,
+    /// Ratio limit: [`LIMIT_GLOBAL`] (the global one), [`LIMIT_NONE`], or >= 0.
+    pub ratio_limit: f64,
+    /// Seeding-time limit in minutes: [`LIMIT_GLOBAL`] as f64, [`LIMIT_NONE`], or >= 0.
+    pub seeding_time_limit_mins: i64,
+}
+
+/// A share limit that defers to the global one (qBittorrent's -2).
+pub const LIMIT_GLOBAL: i64 = -2;
+/// No share limit for this torrent (qBittorrent's -1).
+pub const LIMIT_NONE: i64 = -1;
+
+impl Default for Labels {
+    fn default() -> Labels {
+        Labels {
+            category: String::new(),
+            tags: BTreeSet::new(),
+            ratio_limit: LIMIT_GLOBAL as f64,
+            seeding_time_limit_mins: LIMIT_GLOBAL,
+        }
+    }
+}
+
+/// What a torrent did over all its runs (`totals.json`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct Totals {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    /// Seconds spent running with every piece.
+    pub seeding_secs: u64,
+    /// Seconds since the Unix epoch when it was first seen complete (0: not yet).
+    pub completed_at: u64,
+}
+
 /// The `.json` sidecar of an entry.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EntryMeta {
     /// Directory the torrent's file or top directory lives in.
     pub download_dir: PathBuf,
@@ -59,6 +107,8 @@ pub struct EntryMeta {
     pub upload_rate_limit: u64,
     #[serde(default)]
     pub download_rate_limit: u64,
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// One entry as loaded.
@@ -120,6 +170,41 @@ impl Registry {
         sync_dir(&self.dir)
     }
 
+    fn state_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// Writes `labels.json` (atomically).
+    pub fn save_labels(&self, json: &[u8]) -> Result<(), RegistryError> {
+        let path = self.state_dir().join("labels.json");
+        write_atomic(&path, json)?;
+        sync_dir(self.state_dir())
+    }
+
+    /// Reads `labels.json` (`None` when absent).
+    pub fn load_labels(&self) -> Result<Option<Vec<u8>>, RegistryError> {
+        read_bounded(&self.state_dir().join("labels.json"), LABELS_FILE_MAX_BYTES)
+    }
+
+    /// Writes every torrent's totals as `totals.json` (atomically).
+    pub fn save_totals(&self, totals: &BTreeMap<String, Totals>) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(totals).expect("plain data serializes");
+        let path = self.state_dir().join("totals.json");
+        write_atomic(&path, &json)?;
+        sync_dir(self.state_dir())
+    }
+
+    /// Reads `totals.json` (empty when absent; a corrupt file is an error
+    /// the caller logs: totals are statistics, never a reason not to start).
+    pub fn load_totals(&self) -> Result<BTreeMap<String, Totals>, RegistryError> {
+        let path = self.state_dir().join("totals.json");
+        match read_bounded(&path, TOTALS_FILE_MAX_BYTES)? {
+            None => Ok(BTreeMap::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| RegistryError::Corrupt { path, message: e.to_string() }),
+        }
+    }
+
     /// Loads every entry with `threads` threads. Entries that cannot be read
     /// come back as errors beside the others.
     pub fn load_all(&self, threads: usize) -> (Vec<Loaded>, Vec<RegistryError>) {
@@ -172,6 +257,24 @@ fn load_one(meta_path: &Path) -> Result<Loaded, RegistryError> {
     Ok(Loaded { metainfo: Arc::new(metainfo), meta })
 }
 
+/// A whole file of at most `max` bytes; `None` when it does not exist.
+fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, RegistryError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io("read", path))?;
+    if bytes.len() as u64 > max {
+        return Err(RegistryError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("larger than {max} bytes"),
+        });
+    }
+    Ok(Some(bytes))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     let tmp = path.with_extension("tmp");
     {
@@ -215,6 +318,12 @@ mod tests {
                 added_at: 1,
                 upload_rate_limit: 0,
                 download_rate_limit: 0,
+                labels: Labels {
+                    category: name.into(),
+                    tags: [name.to_string()].into(),
+                    ratio_limit: 1.5,
+                    seeding_time_limit_mins: 30,
+                },
             };
             registry.insert(metainfo.info_hash, &bytes, &meta).unwrap();
             hashes.push(metainfo.info_hash);
@@ -227,6 +336,32 @@ mod tests {
         names.sort();
         assert_eq!(names, ["a", "b"]);
         assert!(loaded.iter().any(|l| l.meta.paused));
+        assert!(loaded.iter().all(|l| l.meta.labels.category == l.metainfo.info.name));
+        assert!(loaded.iter().all(|l| l.meta.labels.ratio_limit == 1.5));
         assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
+    fn old_sidecars_load_with_default_labels_and_totals_round_trip() {
+        let old = r#"{"download_dir":"/d","paused":false,"source":{"kind":"api"},"added_at":5}"#;
+        let meta: EntryMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.labels, Labels::default());
+        assert_eq!(meta.labels.ratio_limit, LIMIT_GLOBAL as f64);
+        let state = tempfile::tempdir().unwrap();
+        let registry = Registry::open(state.path()).unwrap();
+        assert!(registry.load_totals().unwrap().is_empty());
+        assert_eq!(registry.load_labels().unwrap(), None);
+        let totals: BTreeMap<String, Totals> = [(
+            "ab".repeat(20),
+            Totals { uploaded: 1, downloaded: 2, seeding_secs: 3, completed_at: 4 },
+        )]
+        .into();
+        registry.save_totals(&totals).unwrap();
+        assert_eq!(registry.load_totals().unwrap(), totals);
+        registry.save_labels(b"{}").unwrap();
+        assert_eq!(registry.load_labels().unwrap().unwrap(), b"{}");
+        // The registry lists entries by `.json` in torrents/: the state
+        // files beside it are not entries.
+        assert!(registry.load_all(1).0.is_empty());
     }
 }

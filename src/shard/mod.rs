@@ -161,6 +161,7 @@ impl ShardSet {
         } else {
             tracing::info!(driver = %selection.driver, reason = %selection.reason, "I/O driver");
         }
+        tracing::info!(backend = crate::hash::sha1_backend().name(), "SHA1");
         let io_driver = selection.driver;
         let cores =
             if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };

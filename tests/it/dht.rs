@@ -10,6 +10,10 @@
 //! * `ringbit_download_finds_libtorrent_seed_through_the_dht` — goal: ringbit
 //!   `download` of a tracker-less .torrent finds a libtorrent seeder through
 //!   the DHT alone. Check: byte-identical download.
+//! * `ringbit_magnet_download_finds_libtorrent_seed_through_the_dht` — goal:
+//!   a magnet link with no `tr=` and no `x.pe=`: the metadata and the data
+//!   come from a libtorrent seeder found through the DHT alone. Check:
+//!   "metadata received" in the log, byte-identical download.
 //! * `hostile_datagrams_leave_the_dht_answering` — garbage, oversized
 //!   datagrams and a flood of unsolicited replies at ringbit's DHT port; it
 //!   still answers a well-formed ping and keeps seeding.
@@ -123,8 +127,19 @@ fn libtorrent_finds_ringbit_seed_through_the_dht() {
 
 #[test]
 fn ringbit_download_finds_libtorrent_seed_through_the_dht() {
+    download_from_libtorrent_through_the_dht(false);
+}
+
+#[test]
+fn ringbit_magnet_download_finds_libtorrent_seed_through_the_dht() {
+    download_from_libtorrent_through_the_dht(true);
+}
+
+/// `ringbit download` of the .torrent, or of a bare magnet link (`magnet`),
+/// with the DHT as the only source of peers.
+fn download_from_libtorrent_through_the_dht(magnet: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (data, torrent) = payload(dir.path(), 13);
+    let (data, torrent) = payload(dir.path(), if magnet { 14 } else { 13 });
     let lt_ports = ports(4);
     let mut seeder = lt_dht();
     seeder
@@ -139,7 +154,15 @@ fn ringbit_download_finds_libtorrent_seed_through_the_dht() {
     let _seeder = ChildGuard::spawn("libtorrent DHT seeder", &mut seeder);
     let out = dir.path().join("out");
     let mut cmd = helpers::ringbit();
-    cmd.arg("download").arg(&torrent).arg("-o").arg(&out).args([
+    cmd.arg("download");
+    if magnet {
+        let info_hash = crate::peers::TorrentInfo::read(&torrent).info_hash;
+        cmd.arg(format!("magnet:?xt=urn:btih:{info_hash}"));
+        cmd.arg("--state-dir").arg(dir.path().join("state"));
+    } else {
+        cmd.arg(&torrent);
+    }
+    cmd.arg("-o").arg(&out).args([
         "--port",
         &helpers::free_port().to_string(),
         "--bind",
@@ -156,6 +179,10 @@ fn ringbit_download_finds_libtorrent_seed_through_the_dht() {
         "ringbit download failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    if magnet {
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains("metadata received"), "{log}");
+    }
     assert_eq!(
         std::fs::read(out.join("dht.bin")).unwrap(),
         std::fs::read(data.join("dht.bin")).unwrap()

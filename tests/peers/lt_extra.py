@@ -138,6 +138,14 @@ def cmd_seed(a):
     ses = session(a.port)
     apply_settings(ses, a)
     h = add(ses, a, lt.torrent_flags.seed_mode)
+    for extra in a.also:
+        p = lt.add_torrent_params()
+        p.ti = lt.torrent_info(extra)
+        p.save_path = a.save_path
+        p.flags |= lt.torrent_flags.seed_mode
+        p.flags &= ~lt.torrent_flags.auto_managed
+        p.flags &= ~lt.torrent_flags.paused
+        ses.add_torrent(p)
     emit({"event": "listening", "port": ses.listen_port()})
 
     deadline = time.monotonic() + a.timeout
@@ -232,6 +240,9 @@ def main():
         s.add_argument("--set", action="append", type=parse_setting, metavar="NAME=VALUE")
         if name == "seed":
             s.add_argument("--high-performance-seed", action="store_true")
+            # More torrents seeded by the same session (scripts/bench-cold-seed.py);
+            # their data is in the same save_path. Commands act on the first.
+            s.add_argument("--also", action="append", default=[], metavar="TORRENT")
         else:
             s.add_argument("--torrent-download-limit", type=int, default=0,
                            metavar="BYTES_PER_S")
