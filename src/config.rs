@@ -11,6 +11,7 @@
 //! engine misbehave (a zero timer, a zero bound).
 
 pub use crate::mse::EncryptionPolicy;
+pub use crate::utp::UtpPolicy;
 use std::path::PathBuf;
 
 /// Engine-wide settings.
@@ -73,6 +74,9 @@ pub struct Config {
     /// MSE/PE policy (default `prefer`: both accepted, MSE tried first
     /// outgoing with a plaintext retry).
     pub encryption: EncryptionPolicy,
+    /// uTP policy (default `prefer-tcp`: incoming uTP accepted on the peer
+    /// port, outgoing TCP first with a uTP fallback).
+    pub utp: UtpPolicy,
 }
 
 impl Default for Config {
@@ -103,6 +107,7 @@ impl Default for Config {
             download_rate_limit_bytes_per_s: 0,
             upload_rate_limit_bytes_per_s: 0,
             encryption: EncryptionPolicy::Prefer,
+            utp: UtpPolicy::PreferTcp,
         }
     }
 }

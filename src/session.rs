@@ -18,6 +18,7 @@ use crate::net::listener::{ListenConfig, ListenError, Listener};
 use crate::net::mse_io::TorrentKeys;
 use crate::net::trackers::TorrentCounters;
 use crate::net::trackers::{PeerSink, TrackerConfig, TrackerHandle, TrackersError};
+use crate::net::udp::{UdpOptions, UdpPort};
 use crate::peer::PeerConfig;
 use crate::rate_limit::ProcessRateLimits;
 pub use crate::shard::engine::AddTorrent;
@@ -92,6 +93,8 @@ pub struct Session {
     config: Arc<Config>,
     shards: ShardSet,
     listener: Listener,
+    /// The UDP port's driver (uTP), when uTP is on.
+    udp: Option<UdpPort>,
     trackers: Option<TrackerHandle>,
     dht: Option<DhtHandle>,
     peer_id: PeerId,
@@ -144,6 +147,14 @@ impl Session {
             Instant::now(),
         ));
         let dht_slot = Arc::new(std::sync::OnceLock::new());
+        // The uTP connector goes to the shards now; its driver starts once
+        // the listener fixed the port number (uTP shares it).
+        let (utp_connector, utp_input) = if config.utp.enabled() {
+            let (connector, input) = crate::net::udp::channel();
+            (Some(connector), Some(input))
+        } else {
+            (None, None)
+        };
         let inits = receivers
             .into_iter()
             .map(|peers| ShardInit {
@@ -153,10 +164,12 @@ impl Session {
                 peers,
                 rate_limits: rate_limits.clone(),
                 dht: dht_slot.clone(),
+                utp: utp_connector.clone(),
             })
             .collect();
         let shards = ShardSet::start(inits, config.pin_shards)?;
         let senders: Vec<_> = (0..shards.len()).map(|i| shards.sender(i)).collect();
+        let udp_senders = senders.clone();
         let torrent_keys = Arc::new(TorrentKeys::default());
         let listener = Listener::start(
             ListenConfig {
@@ -173,6 +186,12 @@ impl Session {
                 senders[shard].try_send(ShardCommand::Incoming(peer)).is_ok()
             }),
         )?;
+        let udp = match utp_input {
+            Some(input) => {
+                start_udp(&config, &options, listener.port(), input, udp_senders, &torrent_keys)
+            }
+            None => None,
+        };
         let dht = match options.dht.clone() {
             Some(mut dht_options) => {
                 dht_options.port = listener.port();
@@ -195,6 +214,7 @@ impl Session {
             config,
             shards,
             listener,
+            udp,
             trackers,
             dht,
             peer_id,
@@ -521,5 +541,53 @@ impl Session {
         }
         self.listener.shutdown();
         self.shards.shutdown();
+        if let Some(mut udp) = self.udp.take() {
+            udp.shutdown();
+        }
+    }
+
+    /// The UDP port's driver (uTP), when on.
+    pub fn udp(&self) -> Option<&UdpPort> {
+        self.udp.as_ref()
+    }
+}
+
+/// Binds the peer port's UDP socket (the first IPv4 listen address, else
+/// the first one) and starts the uTP driver on it; without it the engine
+/// runs on TCP alone (uTP connects then fail at once).
+fn start_udp(
+    config: &Config,
+    options: &SessionOptions,
+    port: u16,
+    input: crate::net::udp::DriverInput,
+    senders: Vec<tokio::sync::mpsc::Sender<ShardCommand>>,
+    torrent_keys: &Arc<TorrentKeys>,
+) -> Option<UdpPort> {
+    let ip = options
+        .listen_ips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| options.listen_ips.first().copied())?;
+    let addr = std::net::SocketAddr::new(ip, port);
+    let udp_options = UdpOptions {
+        utp: crate::utp::UtpConfig::default(),
+        max_pending_handshakes: config.max_pending_handshakes,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        encryption: config.encryption,
+        torrents: torrent_keys.clone(),
+    };
+    let route: crate::net::listener::Route = Box::new(move |peer| {
+        let shard = peer.handshake.info_hash.shard(senders.len());
+        senders[shard].try_send(ShardCommand::Incoming(peer)).is_ok()
+    });
+    let started = crate::net::udp::bind(addr)
+        .and_then(|socket| UdpPort::start(socket, input, udp_options, route));
+    match started {
+        Ok(udp) => Some(udp),
+        Err(error) => {
+            tracing::warn!(%error, "uTP not started");
+            None
+        }
     }
 }

@@ -108,6 +108,13 @@ pub struct EngineArgs {
     /// MSE with an RC4 payload; `disable` speaks only plaintext.
     #[arg(long, value_name = "POLICY", default_value = "prefer")]
     pub encryption: EncryptionPolicy,
+
+    /// uTP (BEP 29) on the peer port's UDP socket: `prefer-tcp` accepts uTP
+    /// and dials TCP first, falling back to uTP; `on` dials uTP first,
+    /// falling back to TCP; `only` dials uTP alone (tests, benchmarks);
+    /// `off` opens no UDP socket for it.
+    #[arg(long, value_name = "POLICY", default_value = "prefer-tcp")]
+    pub utp: crate::config::UtpPolicy,
 }
 
 pub(crate) fn parse_io_driver(s: &str) -> Result<IoDriverChoice, String> {
@@ -145,6 +152,7 @@ impl EngineArgs {
         config.upload_rate_limit_bytes_per_s = self.upload_limit;
         config.download_rate_limit_bytes_per_s = self.download_limit;
         config.encryption = self.encryption;
+        config.utp = self.utp;
         let mut options =
             SessionOptions { config, trackers: !self.no_trackers, ..SessionOptions::default() };
         if !self.bind.is_empty() {
@@ -237,5 +245,13 @@ mod tests {
             EncryptionPolicy::Require
         );
         assert!(Cli::try_parse_from(["x", "--encryption", "maybe"]).is_err());
+        let config = Cli::try_parse_from(["x"]).unwrap().engine.session_options().unwrap().config;
+        assert_eq!(config.utp, crate::config::UtpPolicy::PreferTcp);
+        let cli = Cli::try_parse_from(["x", "--utp", "only"]).unwrap();
+        assert_eq!(
+            cli.engine.session_options().unwrap().config.utp,
+            crate::config::UtpPolicy::Only
+        );
+        assert!(Cli::try_parse_from(["x", "--utp", "maybe"]).is_err());
     }
 }

@@ -95,6 +95,7 @@ struct RawConfig {
     #[serde(default)]
     download_roots: Vec<PathBuf>,
     encryption: Option<String>,
+    utp: Option<String>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -291,6 +292,9 @@ impl DaemonConfig {
         if let Some(policy) = &raw.encryption {
             engine.encryption = policy.parse().map_err(|m| invalid("encryption", m))?;
         }
+        if let Some(policy) = &raw.utp {
+            engine.utp = policy.parse().map_err(|m| invalid("utp", m))?;
+        }
         let backend = match raw.backend {
             Some(name) => name.parse::<Backend>().map_err(|m| invalid("backend", m))?,
             None => Backend::default(),
@@ -480,6 +484,9 @@ mod tests {
         assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Prefer);
         let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nencryption = \"always\"\n";
         assert!(parse(bad).unwrap_err().to_string().contains("encryption"));
+        assert_eq!(c.engine.utp, crate::config::UtpPolicy::PreferTcp);
+        let bad = "state_dir = \"s\"\ndownload_dir = \"d\"\nutp = \"sometimes\"\n";
+        assert!(parse(bad).unwrap_err().to_string().contains("utp"));
     }
 
     #[test]
@@ -501,6 +508,7 @@ mod tests {
             resume_save_interval_secs = 60
             download_roots = ["/srv/data", "more"]
             encryption = "require"
+            utp = "only"
             [limits]
             max_torrents = 20000
             max_peers_per_torrent = 40
@@ -544,6 +552,7 @@ mod tests {
         assert!(!c.trackers);
         assert_eq!(c.file_idle_close_secs, 5);
         assert_eq!(c.engine.encryption, crate::config::EncryptionPolicy::Require);
+        assert_eq!(c.engine.utp, crate::config::UtpPolicy::Only);
     }
 
     #[test]

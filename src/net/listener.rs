@@ -21,7 +21,8 @@
 //!   here under the same permit and timeout, and the connection is handed on
 //!   with its ciphers and the payload already read, decrypted.
 
-use super::mse_io::{self, PeerCipher, TorrentKeys};
+use super::mse_io::{self, HandshakeIo, PeerCipher, TorrentKeys};
+use super::peer_io::IncomingStream;
 use crate::mse::EncryptionPolicy;
 use crate::wire::{decode_handshake, Handshake, HandshakeDecoded, HANDSHAKE_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,7 +30,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
 
 /// The kernel's accept backlog for each listening socket.
@@ -38,8 +38,9 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// A connection whose handshake arrived: for the torrent's shard.
 #[derive(Debug)]
 pub struct IncomingPeer {
-    /// Blocking-mode std socket, ready for adoption by a shard's ring.
-    pub stream: std::net::TcpStream,
+    /// A blocking-mode std socket ready for adoption by a shard's ring, or
+    /// a uTP stream from the UDP driver.
+    pub stream: IncomingStream,
     pub addr: SocketAddr,
     pub handshake: Handshake,
     /// Payload ciphers (plaintext unless MSE selected RC4).
@@ -248,6 +249,7 @@ async fn accept_all(
                     let _permits = (permit, ip_permit);
                     match read_handshake(stream, timeout, encryption, &torrents).await {
                         Ok((stream, handshake, cipher, leftover)) => {
+                            let stream = IncomingStream::Tcp(stream);
                             let peer = IncomingPeer { stream, addr, handshake, cipher, leftover };
                             if !route(peer) {
                                 tracing::debug!(%addr, "no torrent for handshake");
@@ -283,16 +285,17 @@ async fn read_handshake(
 }
 
 /// Reads a plaintext handshake, or answers an MSE one and reads the
-/// handshake inside it, as the policy allows.
-async fn negotiate(
-    stream: &mut tokio::net::TcpStream,
+/// handshake inside it, as the policy allows (over TCP here, over uTP in
+/// the UDP driver). The caller bounds the time.
+pub async fn negotiate<S: HandshakeIo>(
+    stream: &mut S,
     encryption: EncryptionPolicy,
     torrents: &TorrentKeys,
 ) -> Result<(Handshake, PeerCipher, Vec<u8>), String> {
     // 20 bytes: the protocol string of a plaintext handshake, or the start
     // of an MSE public key (which is at least 96 bytes).
     let mut buf = [0u8; HANDSHAKE_LEN];
-    stream.read_exact(&mut buf[..20]).await.map_err(|e| e.to_string())?;
+    mse_io::read_exact(stream, &mut buf[..20]).await.map_err(|e| e.to_string())?;
     let plaintext = buf[0] == 19 && &buf[1..20] == crate::wire::PROTOCOL;
     if !plaintext {
         if !encryption.uses_mse() {
@@ -307,7 +310,7 @@ async fn negotiate(
     if !encryption.accepts_plaintext() {
         return Err("plaintext handshake refused (encryption required)".into());
     }
-    stream.read_exact(&mut buf[20..]).await.map_err(|e| e.to_string())?;
+    mse_io::read_exact(stream, &mut buf[20..]).await.map_err(|e| e.to_string())?;
     match decode_handshake(&buf) {
         Ok(HandshakeDecoded::Done(h)) => Ok((h, PeerCipher::plaintext(), Vec::new())),
         Ok(HandshakeDecoded::NeedMore(_)) => Err("short handshake".into()),
@@ -363,7 +366,8 @@ mod tests {
         assert_eq!(got[0].handshake.info_hash, InfoHash([9; 20]));
         // The bytes after the handshake are still in the socket for the shard.
         let mut next = [0u8; 5];
-        std::io::Read::read_exact(&mut got[0].stream, &mut next).unwrap();
+        let IncomingStream::Tcp(stream) = &mut got[0].stream else { panic!("a TCP stream") };
+        std::io::Read::read_exact(stream, &mut next).unwrap();
         assert_eq!(next, [0, 0, 0, 1, 2]);
         drop(got);
         listener.shutdown();

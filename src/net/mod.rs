@@ -11,4 +11,5 @@ pub mod peer_io;
 pub mod tracker_http;
 pub mod tracker_udp;
 pub mod trackers;
+pub mod udp;
 pub mod webseed_http;

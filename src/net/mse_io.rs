@@ -103,11 +103,43 @@ pub struct Responded {
     pub leftover: Vec<u8>,
 }
 
+/// A stream the incoming handshakes (plaintext or MSE) are read from: a
+/// TCP socket on the listener's runtime or a uTP stream on the UDP driver's.
+#[allow(async_fn_in_trait)]
+pub trait HandshakeIo {
+    /// Reads once; 0 at end of stream.
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    async fn write_all_bytes(&mut self, buf: &[u8]) -> std::io::Result<()>;
+}
+
+impl HandshakeIo for tokio::net::TcpStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read(buf).await
+    }
+
+    async fn write_all_bytes(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_all(buf).await
+    }
+}
+
+/// Reads exactly `buf.len()` bytes.
+pub async fn read_exact<S: HandshakeIo>(stream: &mut S, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = stream.read_some(&mut buf[done..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// Answers an MSE handshake whose first bytes (`first`, already read) were
 /// not a plaintext BitTorrent handshake, then reads the BitTorrent
 /// handshake inside it. The caller bounds the time.
-pub async fn respond(
-    stream: &mut tokio::net::TcpStream,
+pub async fn respond<S: HandshakeIo>(
+    stream: &mut S,
     first: &[u8],
     policy: EncryptionPolicy,
     torrents: &TorrentKeys,
@@ -121,13 +153,13 @@ pub async fn respond(
     loop {
         responder.take_output(&mut out);
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            stream.write_all_bytes(&out).await?;
             out.clear();
         }
         if status == Status::Done {
             break;
         }
-        let n = stream.read(&mut buf).await?;
+        let n = stream.read_some(&mut buf).await?;
         if n == 0 {
             return Err(MseIoError::Closed);
         }
@@ -137,7 +169,7 @@ pub async fn respond(
     let mut cipher = PeerCipher { encrypt: outcome.encrypt, decrypt: outcome.decrypt };
     let mut payload = outcome.payload;
     while payload.len() < HANDSHAKE_LEN {
-        let n = stream.read(&mut buf).await?;
+        let n = stream.read_some(&mut buf).await?;
         if n == 0 {
             return Err(MseIoError::Closed);
         }

@@ -15,16 +15,29 @@
 //! swallows the next bytes. To stop a stuck read, shut the socket down (both
 //! drivers then end the read with end of stream).
 
+use super::udp::UtpStream;
 use crate::shard::driver::IoDriver;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 
-/// A peer socket on this shard, on the shard's driver.
+/// A peer socket on this shard, on the shard's driver, or a uTP connection
+/// of the UDP driver (the same calls on either).
 pub enum PeerStream {
     Uring(tokio_uring::net::TcpStream),
     Epoll(tokio::net::TcpStream),
+    Utp(UtpStream),
+}
+
+/// A connection the listener or the UDP driver accepted, for a shard.
+#[derive(Debug)]
+pub enum IncomingStream {
+    /// Blocking-mode std socket, ready for adoption by a shard's driver.
+    Tcp(std::net::TcpStream),
+    /// Boxed: a stream is larger than a socket, and this travels in the
+    /// shards' command queues.
+    Utp(Box<UtpStream>),
 }
 
 /// Connects to `addr` on `driver`, giving up after `timeout`. The connect
@@ -51,7 +64,7 @@ pub async fn connect(
                 let stream = stream.into_std()?;
                 // io_uring reads and writes expect a blocking-mode socket.
                 stream.set_nonblocking(false)?;
-                adopt(driver, stream)
+                adopt_tcp(driver, stream)
             }
             IoDriver::Epoll => {
                 stream.set_nodelay(true)?;
@@ -70,9 +83,17 @@ pub fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1))
 }
 
-/// Adopts a connected std socket (from the listener) into this shard's
-/// driver.
-pub fn adopt(driver: IoDriver, stream: std::net::TcpStream) -> io::Result<PeerStream> {
+/// Adopts an accepted connection (from the listener or the UDP driver)
+/// into this shard's driver.
+pub fn adopt(driver: IoDriver, stream: IncomingStream) -> io::Result<PeerStream> {
+    match stream {
+        IncomingStream::Tcp(stream) => adopt_tcp(driver, stream),
+        IncomingStream::Utp(stream) => Ok(PeerStream::Utp(*stream)),
+    }
+}
+
+/// Adopts a connected std socket into this shard's driver.
+pub fn adopt_tcp(driver: IoDriver, stream: std::net::TcpStream) -> io::Result<PeerStream> {
     stream.set_nodelay(true)?;
     Ok(match driver {
         IoDriver::Uring => PeerStream::Uring(tokio_uring::net::TcpStream::from_std(stream)),
@@ -109,6 +130,10 @@ pub async fn read_into_spare(
                 Err(e) => return (Err(e), buf),
             }
         },
+        PeerStream::Utp(s) => {
+            let result = s.read_into_spare(&mut buf).await;
+            (result, buf)
+        }
     }
 }
 
@@ -134,6 +159,10 @@ pub async fn write_all(stream: &PeerStream, buf: Vec<u8>) -> (io::Result<()>, Ve
             }
             (Ok(()), buf)
         }
+        PeerStream::Utp(s) => {
+            let result = s.write_all(&buf).await;
+            (result, buf)
+        }
     }
 }
 
@@ -143,6 +172,10 @@ pub fn shutdown(stream: &PeerStream) {
     let _ = match stream {
         PeerStream::Uring(s) => s.shutdown(std::net::Shutdown::Both),
         PeerStream::Epoll(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Both),
+        PeerStream::Utp(s) => {
+            s.shutdown();
+            Ok(())
+        }
     };
 }
 
@@ -262,7 +295,7 @@ mod tests {
         });
         let (accepted, _) = listener.accept().unwrap();
         driver::block_on(IoDriver::Epoll, async move {
-            let stream = adopt(IoDriver::Epoll, accepted).unwrap();
+            let stream = adopt_tcp(IoDriver::Epoll, accepted).unwrap();
             let mut buf = Vec::with_capacity(16);
             while buf.len() < 4 {
                 let (n, b) = read_into_spare(&stream, buf).await;

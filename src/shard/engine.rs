@@ -57,8 +57,9 @@ use crate::metainfo::{InfoHash, Metainfo};
 use crate::mse::{Cipher, EncryptionPolicy};
 use crate::net::dht::DhtHandle;
 use crate::net::mse_io::{self, PeerCipher};
-use crate::net::peer_io::{self, PeerStream};
+use crate::net::peer_io::{self, IncomingStream, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
+use crate::net::udp::UtpConnector;
 use crate::net::webseed_http::{self, Tokens};
 use crate::peer_book::{PeerBook, PeerBookConfig};
 use crate::rate_limit::ProcessRateLimits;
@@ -203,6 +204,8 @@ pub struct ShardContext {
     pub driver: IoDriver,
     /// The DHT once started (peers' `PORT` messages feed it).
     pub dht: Arc<std::sync::OnceLock<DhtHandle>>,
+    /// Opens uTP connections (`None`: uTP is off).
+    pub utp: Option<UtpConnector>,
 }
 
 /// One outgoing connect's place in the shard's and the process's half-open
@@ -246,6 +249,7 @@ pub struct ShardShared {
     /// Outgoing connects in flight in the whole process.
     pub process_half_open: Arc<AtomicUsize>,
     pub driver: IoDriver,
+    pub utp: Option<UtpConnector>,
 }
 
 impl ShardContext {
@@ -258,6 +262,7 @@ impl ShardContext {
             dht,
             process_half_open,
             driver,
+            utp,
         } = shared;
         let max_connections = config.max_peers_total.div_ceil(shard_count.max(1));
         Rc::new(ShardContext {
@@ -276,6 +281,7 @@ impl ShardContext {
             process_half_open,
             driver,
             dht,
+            utp,
         })
     }
 }
@@ -592,17 +598,56 @@ impl TorrentTask {
         }
     }
 
-    /// Connects to `addr` and runs the MSE initiator as the encryption
-    /// policy says; under `prefer` a failed MSE attempt is retried in
-    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
-    /// the DH key). Returns the stream, its ciphers and plaintext payload
-    /// that came with the MSE reply.
+    /// Dials `addr` over the transports the uTP policy lists, in order,
+    /// until one connects (one connection at a time: never two to a peer).
     async fn open(
         &self,
         addr: SocketAddr,
         timeout: Duration,
     ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
-        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        let order = match self.ctx.utp {
+            Some(_) => self.ctx.config.utp.dial_order(),
+            None => &[false],
+        };
+        let mut last_error = None;
+        for &utp in order {
+            match self.open_over(addr, timeout, utp).await {
+                Ok(opened) => return Ok(opened),
+                Err(error) => {
+                    tracing::debug!(%addr, utp, %error, "dial failed");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no transport to dial")))
+    }
+
+    /// Connects over TCP (on this shard's driver) or uTP (through the UDP
+    /// driver).
+    async fn connect_over(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        utp: bool,
+    ) -> std::io::Result<PeerStream> {
+        match (&self.ctx.utp, utp) {
+            (Some(connector), true) => Ok(PeerStream::Utp(connector.connect(addr, timeout).await?)),
+            _ => peer_io::connect(self.ctx.driver, addr, timeout).await,
+        }
+    }
+
+    /// Connects to `addr` and runs the MSE initiator as the encryption
+    /// policy says; under `prefer` a failed MSE attempt is retried in
+    /// plaintext on a fresh connection (a plaintext-only peer hangs up on
+    /// the DH key). Returns the stream, its ciphers and plaintext payload
+    /// that came with the MSE reply.
+    async fn open_over(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        utp: bool,
+    ) -> std::io::Result<(PeerStream, PeerCipher, Vec<u8>)> {
+        let stream = self.connect_over(addr, timeout, utp).await?;
         let policy = self.ctx.config.encryption;
         if !policy.uses_mse() {
             return Ok((stream, PeerCipher::plaintext(), Vec::new()));
@@ -625,7 +670,7 @@ impl TorrentTask {
             return Err(std::io::Error::other(error));
         }
         tracing::debug!(%addr, %error, "MSE failed: retrying in plaintext");
-        let stream = peer_io::connect(self.ctx.driver, addr, timeout).await?;
+        let stream = self.connect_over(addr, timeout, utp).await?;
         Ok((stream, PeerCipher::plaintext(), Vec::new()))
     }
 
@@ -633,7 +678,7 @@ impl TorrentTask {
     /// ciphers and the (decrypted) payload read after its handshake.
     pub fn accept(
         self: &Rc<Self>,
-        stream: std::net::TcpStream,
+        stream: IncomingStream,
         addr: SocketAddr,
         hs: Handshake,
         cipher: PeerCipher,

@@ -19,7 +19,7 @@
 use super::engine::ShardContext;
 use crate::metadata::{FetchAction, FetchConnId, FetchParams, MetadataFetch};
 use crate::metainfo::InfoHash;
-use crate::net::peer_io::{self, PeerStream};
+use crate::net::peer_io::{self, IncomingStream, PeerStream};
 use crate::net::trackers::TorrentCounters;
 use crate::wire::{Handshake, PeerId};
 use std::cell::{Cell, RefCell};
@@ -275,7 +275,7 @@ impl FetchTask {
     /// A connection the listener accepted for this info hash.
     pub fn accept(
         self: &Rc<Self>,
-        stream: std::net::TcpStream,
+        stream: IncomingStream,
         addr: SocketAddr,
         hs: Handshake,
         leftover: Vec<u8>,

@@ -117,6 +117,8 @@ pub struct ShardInit {
     /// The DHT, once the session started it (after the shards): peers'
     /// `PORT` messages go to it.
     pub dht: Arc<std::sync::OnceLock<crate::net::dht::DhtHandle>>,
+    /// Opens uTP connections (`None`: uTP is off).
+    pub utp: Option<crate::net::udp::UtpConnector>,
 }
 
 /// Why the shards could not start.
@@ -308,6 +310,7 @@ fn shard_thread(
             dht: init.dht,
             process_half_open: signals.half_open,
             driver: io_driver,
+            utp: init.utp,
         },
     );
     let stop = signals.stop;
@@ -484,6 +487,7 @@ mod tests {
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
                 dht: Arc::default(),
+                utp: None,
             })
             .collect();
         let mut set = ShardSet::start(inits, true).unwrap();
@@ -511,6 +515,7 @@ mod tests {
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
             dht: Arc::default(),
+            utp: None,
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();
         let sender = set.sender(0);

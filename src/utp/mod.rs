@@ -59,7 +59,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// Most unacknowledged packets per connection (a 16-bit sequence space
@@ -103,6 +103,9 @@ pub struct UtpConfig {
     pub max_connections: usize,
     /// Incoming connections that acknowledged a SYN and heard nothing since.
     pub max_half_open: usize,
+    /// Half-open incoming connections from one IP at most: one host's SYN
+    /// flood cannot take every half-open place from other peers.
+    pub max_half_open_per_ip: usize,
     /// A half-open incoming connection is dropped after this long.
     pub half_open_timeout_ms: u64,
     /// Retransmission timeouts of a SYN before the connect fails.
@@ -133,6 +136,7 @@ impl Default for UtpConfig {
             recv_window_bytes: 4 * 1024 * 1024,
             max_connections: 4096,
             max_half_open: 64,
+            max_half_open_per_ip: 8,
             half_open_timeout_ms: 10_000,
             syn_timeouts_max: 3,
             timeouts_max: 6,
@@ -172,7 +176,7 @@ impl UtpConfig {
                 return Err(ConfigError::Buffer(b));
             }
         }
-        if self.max_connections == 0 || self.max_half_open == 0 {
+        if self.max_connections == 0 || self.max_half_open == 0 || self.max_half_open_per_ip == 0 {
             return Err(ConfigError::Caps);
         }
         Ok(())
@@ -225,7 +229,8 @@ pub enum Ignored {
     UnknownConnection,
     /// A SYN while `max_connections` are open.
     TableFull,
-    /// A SYN while `max_half_open` connections are half-open.
+    /// A SYN while `max_half_open` connections are half-open, or
+    /// `max_half_open_per_ip` from the sender's IP.
     HalfOpenFull,
     /// A SYN while incoming connections are refused.
     NotAccepting,
@@ -305,6 +310,9 @@ pub struct Endpoint {
     routes: HashMap<(SocketAddr, u16), usize>,
     next_generation: u32,
     half_open: usize,
+    /// Half-open connections per peer IP (entries only while non-zero, so
+    /// at most `max_half_open` of them).
+    half_open_by_ip: HashMap<IpAddr, usize>,
     tx_queue: VecDeque<usize>,
     event_queue: VecDeque<usize>,
     incoming: VecDeque<usize>,
@@ -327,6 +335,7 @@ impl Endpoint {
             routes: HashMap::new(),
             next_generation: 0,
             half_open: 0,
+            half_open_by_ip: HashMap::new(),
             tx_queue: VecDeque::new(),
             event_queue: VecDeque::new(),
             incoming: VecDeque::new(),
@@ -334,6 +343,15 @@ impl Endpoint {
             next_deadline: None,
             stats: EndpointStats::default(),
         })
+    }
+
+    fn forget_half_open(table: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        if let Some(count) = table.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&ip);
+            }
+        }
     }
 
     fn now_us(&self, now: Instant) -> u32 {
@@ -371,6 +389,7 @@ impl Endpoint {
         self.next_generation = self.next_generation.wrapping_add(1);
         let key = (conn.addr, conn.recv_id);
         let half_open = conn.is_half_open();
+        let ip = conn.addr.ip();
         let index = self.slots.insert(Slot {
             conn,
             generation,
@@ -381,6 +400,7 @@ impl Endpoint {
         self.routes.insert(key, index);
         if half_open {
             self.half_open += 1;
+            *self.half_open_by_ip.entry(ip).or_insert(0) += 1;
         }
         index
     }
@@ -398,7 +418,9 @@ impl Endpoint {
         let slot = &mut self.slots[index];
         let is_half_open = slot.conn.is_half_open();
         if was_half_open && !is_half_open {
+            let ip = slot.conn.addr.ip();
             self.half_open -= 1;
+            Self::forget_half_open(&mut self.half_open_by_ip, ip);
         }
         if may_transmit && slot.conn.wants_transmit() && !slot.queued_tx {
             slot.queued_tx = true;
@@ -476,7 +498,10 @@ impl Endpoint {
                 self.stats.syns_refused += 1;
                 return Err(Ignored::TableFull);
             }
-            if self.half_open >= self.config.max_half_open {
+            let from_ip = self.half_open_by_ip.get(&from.ip()).copied().unwrap_or(0);
+            if self.half_open >= self.config.max_half_open
+                || from_ip >= self.config.max_half_open_per_ip
+            {
                 self.stats.syns_refused += 1;
                 return Err(Ignored::HalfOpenFull);
             }
@@ -655,6 +680,7 @@ impl Endpoint {
         let mut slot = self.slots.remove(index);
         if slot.conn.is_half_open() {
             self.half_open -= 1;
+            Self::forget_half_open(&mut self.half_open_by_ip, slot.conn.addr.ip());
         }
         if !slot.conn.is_closed() {
             if self.resets.len() < MAX_PENDING_RESETS {
@@ -675,5 +701,85 @@ impl Endpoint {
         }
         self.incoming.retain(|&i| i != index);
         Ok(())
+    }
+}
+
+/// When the engine speaks uTP (`--utp`, daemon key `utp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UtpPolicy {
+    /// No uTP: no UDP socket for it, TCP only.
+    Off,
+    /// Incoming uTP accepted; outgoing dials TCP first and falls back to uTP
+    /// when the TCP connect fails (the default: servers usually reach peers
+    /// over TCP, and TCP is cheaper per byte).
+    #[default]
+    PreferTcp,
+    /// Incoming uTP accepted; outgoing dials uTP first and falls back to TCP
+    /// when the uTP connect fails (libtorrent's order).
+    On,
+    /// Outgoing connections over uTP only (tests and benchmarks); incoming
+    /// TCP is still accepted.
+    Only,
+}
+
+impl UtpPolicy {
+    /// A UDP socket is opened for uTP.
+    pub fn enabled(self) -> bool {
+        self != UtpPolicy::Off
+    }
+
+    /// The transports an outgoing connection tries, in order (`true` = uTP).
+    pub fn dial_order(self) -> &'static [bool] {
+        match self {
+            UtpPolicy::Off => &[false],
+            UtpPolicy::PreferTcp => &[false, true],
+            UtpPolicy::On => &[true, false],
+            UtpPolicy::Only => &[true],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UtpPolicy::Off => "off",
+            UtpPolicy::PreferTcp => "prefer-tcp",
+            UtpPolicy::On => "on",
+            UtpPolicy::Only => "only",
+        }
+    }
+}
+
+impl std::str::FromStr for UtpPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(UtpPolicy::Off),
+            "prefer-tcp" => Ok(UtpPolicy::PreferTcp),
+            "on" => Ok(UtpPolicy::On),
+            "only" => Ok(UtpPolicy::Only),
+            _ => Err(format!("bad uTP policy {s:?}: expected on, off, prefer-tcp or only")),
+        }
+    }
+}
+
+impl std::fmt::Display for UtpPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::UtpPolicy;
+
+    #[test]
+    fn policy_parses_and_orders_dials() {
+        for p in [UtpPolicy::Off, UtpPolicy::PreferTcp, UtpPolicy::On, UtpPolicy::Only] {
+            assert_eq!(p.as_str().parse::<UtpPolicy>().unwrap(), p);
+        }
+        assert!("maybe".parse::<UtpPolicy>().is_err());
+        assert_eq!(UtpPolicy::default(), UtpPolicy::PreferTcp);
+        assert_eq!(UtpPolicy::PreferTcp.dial_order(), &[false, true]);
+        assert_eq!(UtpPolicy::Only.dial_order(), &[true]);
+        assert!(!UtpPolicy::Off.enabled());
     }
 }

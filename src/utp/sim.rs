@@ -766,6 +766,42 @@ fn a_syn_flood_is_capped_and_expires() {
     assert_eq!(net.eps[1].connection_count(), 1);
 }
 
+/// Goal: one host's SYN flood takes only its own share of the half-open
+/// places (`max_half_open_per_ip`); another host still gets in at once.
+#[test]
+fn a_syn_flood_from_one_ip_leaves_room_for_others() {
+    let config = UtpConfig { max_half_open: 64, max_half_open_per_ip: 8, ..UtpConfig::default() };
+    let mut ep = Endpoint::new(config, 5, Instant::now()).unwrap();
+    let now = Instant::now();
+    let mut accepted = 0;
+    for i in 0..1000u16 {
+        let from = SocketAddr::from(([127, 0, 0, 9], 1000 + i % 50));
+        match ep.handle_datagram(now, from, &raw(PacketType::Syn, i, 1, 0, &[])) {
+            Ok(()) => accepted += 1,
+            Err(Ignored::HalfOpenFull) => {}
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(accepted, 8);
+    assert_eq!(ep.half_open_count(), 8);
+    let other = SocketAddr::from(([127, 0, 0, 1], 2000));
+    assert_eq!(ep.handle_datagram(now, other, &raw(PacketType::Syn, 7, 1, 0, &[])), Ok(()));
+    assert_eq!(ep.half_open_count(), 9);
+    // Released half-open connections give their IP's places back.
+    let mut handles = Vec::new();
+    while let Some((h, ev)) = ep.poll_event() {
+        if ev == Event::Incoming && ep.peer_addr(h).unwrap().ip() != other.ip() {
+            handles.push(h);
+        }
+    }
+    for h in handles {
+        ep.release(h).unwrap();
+    }
+    assert_eq!(ep.half_open_count(), 1);
+    let from = SocketAddr::from(([127, 0, 0, 9], 5000));
+    assert_eq!(ep.handle_datagram(now, from, &raw(PacketType::Syn, 4000, 1, 0, &[])), Ok(()));
+}
+
 #[test]
 fn the_connection_table_is_capped() {
     let config = UtpConfig { max_half_open: 100, max_connections: 8, ..UtpConfig::default() };

@@ -81,6 +81,10 @@ impl Ringbit {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// The log so far, ANSI escapes removed.
     pub fn log(&self) -> String {
         let raw =

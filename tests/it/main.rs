@@ -26,5 +26,6 @@ mod seeding;
 mod storage;
 mod syscalls;
 mod trackers;
+mod utp;
 mod webseed;
 mod wire;

@@ -69,6 +69,26 @@ const ARIA2_REQUIRE_CRYPTO: &[&str] = &["--bt-require-crypto=true", "--bt-min-cr
 const TRANSMISSION_PLAINTEXT: u32 = 0;
 const TRANSMISSION_REQUIRED: u32 = 2;
 
+/// libtorrent settings for a peer that speaks uTP only (issue 13).
+const LT_UTP_ONLY: &[&str] = &[
+    "enable_outgoing_tcp=false",
+    "enable_incoming_tcp=false",
+    "enable_outgoing_utp=true",
+    "enable_incoming_utp=true",
+];
+
+/// Which transports a real peer speaks (issue 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Each peer's usual settings in this harness (TCP; uTP off).
+    #[default]
+    Tcp,
+    /// uTP only: libtorrent with TCP off both ways; transmission with uTP
+    /// on (it cannot turn TCP off, but never dials loopback, so a ringbit
+    /// dialling it over uTP is the only connection); ringbit `--utp only`.
+    UtpOnly,
+}
+
 /// Whether a real peer may talk plaintext or must use MSE/PE (issue 13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crypto {
@@ -428,12 +448,18 @@ impl Proc {
 /// transmission-cli's config dir: settings.json for loopback, and the `-f`
 /// script that writes `marker` when the torrent is complete (after the
 /// download, or after verifying existing data when seeding).
-fn transmission_config(dir: &Path, port: u16, marker: &Path, crypto: Crypto) -> (PathBuf, PathBuf) {
+fn transmission_config(
+    dir: &Path,
+    port: u16,
+    marker: &Path,
+    crypto: Crypto,
+    transport: Transport,
+) -> (PathBuf, PathBuf) {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     let settings = serde_json::json!({
         "dht-enabled": false,
-        "utp-enabled": false,
+        "utp-enabled": transport == Transport::UtpOnly,
         "lpd-enabled": false,
         "pex-enabled": false,
         "port-forwarding-enabled": false,
@@ -464,8 +490,14 @@ fn transmission_config(dir: &Path, port: u16, marker: &Path, crypto: Crypto) -> 
     (config, script)
 }
 
-fn transmission_cmd(dir: &Path, port: u16, marker: &Path, crypto: Crypto) -> Command {
-    let (config, script) = transmission_config(dir, port, marker, crypto);
+fn transmission_cmd(
+    dir: &Path,
+    port: u16,
+    marker: &Path,
+    crypto: Crypto,
+    transport: Transport,
+) -> Command {
+    let (config, script) = transmission_config(dir, port, marker, crypto, transport);
     let mut cmd = Command::new(helpers::require_tool("transmission-cli"));
     // No -e flag: settings.json's "encryption": 0 (prefer plaintext) holds.
     cmd.arg("-g")
@@ -542,6 +574,18 @@ impl Seeder {
         tracker: Option<&Opentracker>,
         crypto: Crypto,
     ) -> Seeder {
+        Seeder::start_over(kind, torrent, data_dir, tracker, crypto, Transport::Tcp)
+    }
+
+    /// [`Seeder::start_with`] with a choice of [`Transport`].
+    pub fn start_over(
+        kind: PeerKind,
+        torrent: &Path,
+        data_dir: &Path,
+        tracker: Option<&Opentracker>,
+        crypto: Crypto,
+        transport: Transport,
+    ) -> Seeder {
         let before = tracker.map(|t| {
             let hash = TorrentInfo::read(torrent).info_hash;
             let (s, l) = scrape(t, &hash).unwrap_or_else(|e| panic!("scrape: {e}"));
@@ -559,11 +603,14 @@ impl Seeder {
                     Crypto::Required => lt_settings(&mut cmd, LT_FORCED_RC4),
                     Crypto::Disabled => lt_settings(&mut cmd, LT_DISABLED),
                 }
+                if transport == Transport::UtpOnly {
+                    lt_settings(&mut cmd, LT_UTP_ONLY);
+                }
                 Proc::spawn(kind, dir, &mut cmd, true)
             }
             PeerKind::Transmission => {
                 let marker = dir.path().join("verified");
-                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto);
+                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto, transport);
                 cmd.arg("-w").arg(data_dir).arg(torrent);
                 let mut p = Proc::spawn(kind, dir, &mut cmd, false);
                 // It announces while verifying: only a verified transmission
@@ -600,6 +647,9 @@ impl Seeder {
                     Crypto::Disabled => {
                         cmd.args(["--encryption", "disable"]);
                     }
+                }
+                if transport == Transport::UtpOnly {
+                    cmd.args(["--utp", "only"]);
                 }
                 Proc::spawn(kind, dir, &mut cmd, false)
             }
@@ -708,6 +758,19 @@ impl Leecher {
         tracker: Option<&Opentracker>,
         crypto: Crypto,
     ) -> Leecher {
+        Leecher::start_over(kind, torrent, out_dir, peers, tracker, crypto, Transport::Tcp)
+    }
+
+    /// [`Leecher::start_with`] with a choice of [`Transport`].
+    pub fn start_over(
+        kind: PeerKind,
+        torrent: &Path,
+        out_dir: &Path,
+        peers: &[SocketAddr],
+        tracker: Option<&Opentracker>,
+        crypto: Crypto,
+        transport: Transport,
+    ) -> Leecher {
         std::fs::create_dir_all(out_dir).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = helpers::free_port();
@@ -718,15 +781,18 @@ impl Leecher {
         let mut proc_ = match kind {
             PeerKind::Libtorrent => {
                 // lt_tool has no settings; lt_extra's leech takes --set.
-                let mut cmd = match crypto {
-                    Crypto::Usual => helpers::lt_tool(),
-                    Crypto::Required | Crypto::Disabled => lt_extra(),
+                let mut cmd = match (crypto, transport) {
+                    (Crypto::Usual, Transport::Tcp) => helpers::lt_tool(),
+                    _ => lt_extra(),
                 };
                 cmd.arg("leech").arg(torrent).arg(out_dir).args(["--port", &port.to_string()]);
                 match crypto {
                     Crypto::Usual => {}
                     Crypto::Required => lt_settings(&mut cmd, LT_FORCED_BOTH),
                     Crypto::Disabled => lt_settings(&mut cmd, LT_DISABLED),
+                }
+                if transport == Transport::UtpOnly {
+                    lt_settings(&mut cmd, LT_UTP_ONLY);
                 }
                 // The harness bounds the wait (wait_complete); this only stops
                 // an orphan.
@@ -742,7 +808,7 @@ impl Leecher {
                     "transmission never dials 127.0.0.1 peers: start it with no peers and have \
                      the seeder dial leecher.addr()"
                 );
-                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto);
+                let mut cmd = transmission_cmd(dir.path(), port, &marker, crypto, transport);
                 cmd.arg("-w").arg(out_dir).arg(torrent);
                 Proc::spawn(kind, dir, &mut cmd, false)
             }
@@ -785,6 +851,9 @@ impl Leecher {
                     Crypto::Disabled => {
                         cmd.args(["--encryption", "disable"]);
                     }
+                }
+                if transport == Transport::UtpOnly {
+                    cmd.args(["--utp", "only"]);
                 }
                 for p in &peer_args {
                     cmd.args(["--peer", p]);
