@@ -68,6 +68,7 @@ fn bench_decode(c: &mut Criterion) {
         listen_port: None,
         peer_ip: None,
         metadata_size: None,
+        dht_port: None,
     };
     let config = PeerConfig { max_outstanding_requests: 1000, ..PeerConfig::default() };
     let make_peer = || {

@@ -1,4 +1,4 @@
-//! Magnet URIs (BEP 9 `xt=urn:btih:`, `dn`, `tr`, `x.pe`, `xl`).
+//! Magnet URIs (BEP 9 `xt=urn:btih:`, `dn`, `tr`, `x.pe`, `xl`; BEP 19 `ws`).
 //!
 //! Layer: pure core. Owns turning a `magnet:?` URI into a [`Magnet`].
 //!
@@ -20,6 +20,8 @@ pub const MAGNET_URI_MAX_BYTES: usize = 64 * 1024;
 pub const TRACKERS_MAX: usize = 256;
 /// Most `x.pe` parameters accepted.
 pub const PEERS_MAX: usize = 1024;
+/// Most `ws` (web seed) parameters accepted.
+pub const WEB_SEEDS_MAX: usize = 64;
 
 /// A parsed magnet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub struct Magnet {
     pub peers: Vec<String>,
     /// `xl`: total size in bytes.
     pub exact_length: Option<u64>,
+    /// `ws`: web seeds (BEP 19), in URI order, duplicates removed.
+    pub web_seeds: Vec<String>,
 }
 
 /// Why a magnet URI was refused.
@@ -77,6 +81,7 @@ impl Magnet {
             trackers: Vec::new(),
             peers: Vec::new(),
             exact_length: None,
+            web_seeds: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
@@ -132,6 +137,15 @@ impl Magnet {
                     }
                     magnet.peers.push(value);
                 }
+                "ws" => {
+                    let value = decode(raw)?;
+                    if !magnet.web_seeds.contains(&value) {
+                        if magnet.web_seeds.len() == WEB_SEEDS_MAX {
+                            return Err(MagnetError::TooMany { key: "ws", limit: WEB_SEEDS_MAX });
+                        }
+                        magnet.web_seeds.push(value);
+                    }
+                }
                 "xl" => {
                     let value = decode(raw)?;
                     magnet.exact_length =
@@ -164,6 +178,9 @@ impl Magnet {
         for pe in &self.peers {
             uri.push_str(&format!("&x.pe={}", utf8_percent_encode(pe, NON_ALPHANUMERIC)));
         }
+        for ws in &self.web_seeds {
+            uri.push_str(&format!("&ws={}", utf8_percent_encode(ws, NON_ALPHANUMERIC)));
+        }
         uri
     }
 }
@@ -172,6 +189,15 @@ impl Magnet {
 /// (`info_bytes`, kept verbatim so the info hash stays the same) and a
 /// magnet's trackers (each its own tier, as libtorrent does for `tr=`).
 pub fn torrent_file_bytes(info_bytes: &[u8], trackers: &[String]) -> Vec<u8> {
+    torrent_file_bytes_with_web_seeds(info_bytes, trackers, &[])
+}
+
+/// [`torrent_file_bytes`] with a magnet's web seeds as `url-list` (BEP 19).
+pub fn torrent_file_bytes_with_web_seeds(
+    info_bytes: &[u8],
+    trackers: &[String],
+    web_seeds: &[String],
+) -> Vec<u8> {
     use crate::bencode::{encode_bytes, OwnedValue};
     let mut out = Vec::with_capacity(info_bytes.len() + 64 + trackers.len() * 64);
     out.push(b'd');
@@ -185,6 +211,13 @@ pub fn torrent_file_bytes(info_bytes: &[u8], trackers: &[String]) -> Vec<u8> {
     }
     encode_bytes(&mut out, b"info");
     out.extend_from_slice(info_bytes);
+    if !web_seeds.is_empty() {
+        // Keys in order: `url-list` sorts after `info`.
+        encode_bytes(&mut out, b"url-list");
+        let urls: Vec<OwnedValue> =
+            web_seeds.iter().map(|u| OwnedValue::from(u.as_str())).collect();
+        OwnedValue::List(urls).encode_into(&mut out);
+    }
     out.push(b'e');
     out
 }
@@ -290,6 +323,22 @@ mod tests {
             assert_eq!(m.info.name, "a.bin");
             assert_eq!(m.tracker_tiers().concat(), trackers);
         }
+        // BEP 19 `ws=`: parsed, deduplicated, round-tripped, kept as url-list.
+        let uri = format!(
+            "magnet:?xt=urn:btih:{HEX}&ws=http%3A%2F%2F127.0.0.1%3A8%2Fa%20b%2F&ws=http://h/x&ws=http://h/x"
+        );
+        let magnet = Magnet::parse(&uri).unwrap();
+        assert_eq!(magnet.web_seeds, ["http://127.0.0.1:8/a b/", "http://h/x"]);
+        assert_eq!(Magnet::parse(&magnet.to_uri()).unwrap(), magnet);
+        let bytes = torrent_file_bytes_with_web_seeds(&info, &trackers, &magnet.web_seeds);
+        let m = crate::metainfo::Metainfo::from_bytes(&bytes).unwrap();
+        assert_eq!(m.info_bytes, info);
+        assert_eq!(m.url_list, magnet.web_seeds);
+        let many: String = (0..=WEB_SEEDS_MAX).map(|i| format!("&ws=http://h/{i}")).collect();
+        assert!(matches!(
+            Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}{many}")),
+            Err(MagnetError::TooMany { key: "ws", .. })
+        ));
     }
 
     proptest::proptest! {

@@ -128,6 +128,10 @@ pub struct PeerSetup {
     pub peer_ip: Option<IpAddr>,
     /// The info dictionary's size (`metadata_size`), once we have it.
     pub metadata_size: Option<u64>,
+    /// Our DHT node's UDP port when the DHT runs for this torrent: we set
+    /// the DHT bit in our handshake and send `PORT` to peers that set
+    /// theirs (BEP 5).
+    pub dht_port: Option<u16>,
 }
 
 /// Something the torrent core must know about. Ranges index the buffer given
@@ -176,6 +180,10 @@ pub enum Event {
         id: u8,
         payload: Range<usize>,
     },
+    /// The peer's `PORT` message (BEP 5): its DHT node listens on this UDP
+    /// port (only the first `PORT` of a connection from a peer that set the
+    /// DHT bit, and never port 0).
+    DhtPort(u16),
 }
 
 /// Why we drop a peer. Protocol breaches and timeouts alike: the connection
@@ -321,6 +329,10 @@ pub struct Peer {
     fast: bool,
     /// Both sides set the extension-protocol bit.
     extensions: bool,
+    /// The peer set the DHT bit (BEP 5).
+    peer_dht: bool,
+    /// A `PORT` message was reported already (later ones are ignored).
+    port_seen: bool,
     am_choking: bool,
     am_interested: bool,
     peer_choking: bool,
@@ -372,6 +384,8 @@ impl Peer {
             peer_id: None,
             fast: false,
             extensions: false,
+            peer_dht: false,
+            port_seen: false,
             am_choking: true,
             am_interested: false,
             peer_choking: true,
@@ -425,7 +439,11 @@ impl Peer {
     }
 
     fn send_handshake(&mut self, now: Instant) {
-        Handshake::ours(self.setup.info_hash, self.setup.our_peer_id).encode(&mut self.out);
+        let mut ours = Handshake::ours(self.setup.info_hash, self.setup.our_peer_id);
+        if self.setup.dht_port.is_some() {
+            ours.reserved = ours.reserved.with_dht();
+        }
+        ours.encode(&mut self.out);
         self.sent(HANDSHAKE_LEN, now);
     }
 
@@ -439,6 +457,7 @@ impl Peer {
         let ours = wire::Reserved::OURS;
         self.fast = ours.fast() && hs.reserved.fast();
         self.extensions = ours.extensions() && hs.reserved.extensions();
+        self.peer_dht = hs.reserved.dht();
         self.peer_id = Some(hs.peer_id);
         self.phase = Phase::Active;
         self.events.push_back(Event::Handshake { peer_id: hs.peer_id });
@@ -527,7 +546,16 @@ impl Peer {
         self.bitfield_allowed =
             first && matches!(msg, Message::KeepAlive | Message::Extended { .. });
         match msg {
-            Message::KeepAlive | Message::Port(_) => {}
+            Message::KeepAlive => {}
+            Message::Port(port) => {
+                // One report per connection (a peer repeating PORT cannot
+                // make us ping nodes in a loop), and only from a peer that
+                // set the DHT bit.
+                if port != 0 && self.peer_dht && !self.port_seen {
+                    self.port_seen = true;
+                    self.events.push_back(Event::DhtPort(port));
+                }
+            }
             Message::Choke => {
                 self.peer_choking = true;
                 self.events.push_back(Event::Choked);
@@ -843,6 +871,16 @@ impl Peer {
         }
     }
 
+    /// Sends `PORT` with our DHT node's port (BEP 5) when our DHT runs for
+    /// this torrent and the peer set the DHT bit. Call it after the
+    /// bitfield (a bitfield must be the first message).
+    pub fn send_dht_port(&mut self, now: Instant) {
+        if let (Phase::Active, true, Some(port)) = (self.phase, self.peer_dht, self.setup.dht_port)
+        {
+            self.send(Message::Port(port), now);
+        }
+    }
+
     /// Announces a newly verified piece. Before our bitfield went out the
     /// piece is left to the bitfield (the torrent takes it when it sends).
     pub fn send_have(&mut self, piece: u32, now: Instant) {
@@ -1149,6 +1187,7 @@ mod tests {
             listen_port: Some(6881),
             peer_ip: None,
             metadata_size: None,
+            dht_port: None,
         }
     }
 
@@ -1812,6 +1851,35 @@ mod tests {
             assert_eq!(peer.next_upload(), None);
             assert_eq!(peer.stats().uploaded_bytes, u64::from(BLOCK_LEN));
         }
+    }
+
+    #[test]
+    fn dht_port_is_exchanged_once_and_only_with_dht_peers() {
+        let now = Instant::now();
+        let dht_setup = PeerSetup { dht_port: Some(6999), ..setup(1) };
+        for (their_bit, expect_port) in [(true, true), (false, false)] {
+            let mut peer = Peer::outgoing(PeerConfig::default(), dht_setup.clone(), now);
+            let ours = outgoing(&mut peer);
+            assert_eq!(ours[20 + 7] & 0x01, 0x01, "our handshake sets the DHT bit");
+            let reserved = if their_bit { Reserved::OURS.with_dht() } else { Reserved::OURS };
+            let remote =
+                Handshake { reserved, info_hash: InfoHash([9; 20]), peer_id: PeerId([7; 20]) };
+            peer.handle_bytes(&remote.to_bytes(), now).unwrap();
+            events(&mut peer);
+            peer.send_bitfield(&Bitfield::new(PIECES), now);
+            outgoing(&mut peer);
+            peer.send_dht_port(now);
+            let sent = outgoing(&mut peer);
+            assert_eq!(sent == encode(&[Message::Port(6999)]), expect_port, "{sent:?}");
+        }
+        // Without our DHT: no bit, no PORT.
+        let mut peer = Peer::outgoing(PeerConfig::default(), setup(1), now);
+        assert_eq!(outgoing(&mut peer)[20 + 7] & 0x01, 0);
+        // Their PORT: reported once, never port 0.
+        let mut peer = connected(Reserved::OURS.with_dht(), now);
+        let bytes = encode(&[Message::Port(0), Message::Port(7001), Message::Port(7002)]);
+        peer.handle_bytes(&bytes, now).unwrap();
+        assert_eq!(events(&mut peer), [Event::DhtPort(7001)]);
     }
 
     #[test]

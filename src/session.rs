@@ -172,6 +172,7 @@ impl Session {
                 )
             })
             .collect();
+        let dht_slot = Arc::new(std::sync::OnceLock::new());
         // The uTP connector goes to the shards now; its driver starts once
         // the listener fixed the port number (uTP shares it).
         let (utp_connector, utp_input) = if config.utp.enabled() {
@@ -190,6 +191,7 @@ impl Session {
                 peers,
                 rate_limits: rate_limits.clone(),
                 memory: memory.clone(),
+                dht: dht_slot.clone(),
                 utp: utp_connector.clone(),
             })
             .collect();
@@ -232,7 +234,10 @@ impl Session {
                     }
                 });
                 match DhtHandle::start_on(dht_options, sinks, listener.port(), shared) {
-                    Ok(dht) => Some(dht),
+                    Ok(dht) => {
+                        let _ = dht_slot.set(dht.clone());
+                        Some(dht)
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "DHT not started");
                         None
@@ -340,6 +345,13 @@ impl Session {
             ban_duration: ms(config.ban_duration_ms),
             choke_interval_ms: config.choke_interval_ms,
             optimistic_unchoke_interval_ms: config.optimistic_unchoke_interval_ms,
+            // BEP 5 `PORT`: our DHT node's port, for public torrents.
+            dht_port: self
+                .dht
+                .as_ref()
+                .filter(|_| !add.metainfo.info.private)
+                .and_then(|d| d.local_addrs().first())
+                .map(|a| a.port()),
             ..TorrentConfig::default()
         };
         let tiers = add.metainfo.tracker_tiers();

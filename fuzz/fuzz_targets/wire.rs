@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         listen_port: Some(6881),
         peer_ip: None,
         metadata_size: None,
+        dht_port: None,
     };
     let mut peer = Peer::outgoing(PeerConfig::default(), setup, now);
     let reserved = Reserved([0, 0, 0, 0, 0, head[0] & 0x10, 0, head[0] & 0x04]);

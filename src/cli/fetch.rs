@@ -6,7 +6,7 @@
 //! download goes on with the same listener, trackers and peers.
 
 use super::engine_args::EngineArgs;
-use crate::magnet::{torrent_file_bytes, Magnet};
+use crate::magnet::{torrent_file_bytes_with_web_seeds, Magnet};
 use crate::metainfo::Metainfo;
 use crate::session::{FetchStatus, Session};
 use crate::shard::metadata::METADATA_UNKNOWN_LEFT_BYTES;
@@ -87,7 +87,7 @@ pub fn resolve(
         session.shutdown();
         return Ok(None);
     };
-    let bytes = torrent_file_bytes(&info_bytes, &magnet.trackers);
+    let bytes = torrent_file_bytes_with_web_seeds(&info_bytes, &magnet.trackers, &magnet.web_seeds);
     let metainfo =
         Metainfo::from_bytes(&bytes).context("fetched metadata is not a valid torrent")?;
     anyhow::ensure!(

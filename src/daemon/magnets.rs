@@ -18,7 +18,7 @@
 
 use super::registry::Source;
 use super::{lock, AddExtra, Daemon, DaemonError};
-use crate::magnet::{torrent_file_bytes, Magnet};
+use crate::magnet::{torrent_file_bytes_with_web_seeds, Magnet};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::session::FetchStatus;
 use crate::shard::metadata::METADATA_UNKNOWN_LEFT_BYTES;
@@ -325,8 +325,9 @@ impl Daemon {
         info_bytes: &[u8],
         status: &FetchStatus,
     ) {
-        let trackers = Magnet::parse(&job.uri).map(|m| m.trackers).unwrap_or_default();
-        let bytes = torrent_file_bytes(info_bytes, &trackers);
+        let (trackers, web_seeds) =
+            Magnet::parse(&job.uri).map(|m| (m.trackers, m.web_seeds)).unwrap_or_default();
+        let bytes = torrent_file_bytes_with_web_seeds(info_bytes, &trackers, &web_seeds);
         if let Err(error) = resume::save_torrent(&self.config.state_dir, info_hash, &bytes) {
             tracing::warn!(%info_hash, %error, "cannot save the fetched torrent");
         }

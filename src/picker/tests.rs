@@ -746,3 +746,46 @@ proptest! {
         run_ops(9, 8 * PL as u64 + short, seed, ops);
     }
 }
+
+/// Goal: a web seed takes whole new pieces, rarest first, only up to the
+/// availability asked for, and never a piece a peer has started.
+#[test]
+fn whole_piece_picks_are_whole_rare_and_untouched() {
+    let mut p = Picker::new(
+        PickerConfig::default(),
+        2 * BLOCK_SIZE,
+        4 * 2 * BLOCK_SIZE as u64,
+        &Bitfield::new(4),
+        &Bitfield::full(4),
+        1,
+    )
+    .unwrap();
+    let web = PeerKey(100);
+    let peer = PeerKey(1);
+    p.add_peer(web).unwrap();
+    let mut has = Bitfield::new(4);
+    has.set(0);
+    has.set(1);
+    p.add_peer_bitfield(peer, &has).unwrap();
+    // The peer starts piece 0 or 1.
+    let mut out = Vec::new();
+    p.pick_blocks(peer, 1, None, &mut out).unwrap();
+    let started = out[0].piece;
+    // Only pieces nobody has: 2 and 3, whole.
+    let mut picked = Vec::new();
+    for _ in 0..2 {
+        out.clear();
+        let piece = p.pick_whole_piece(web, 0, &mut out).unwrap().unwrap();
+        assert!(piece >= 2);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.piece == piece));
+        picked.push(piece);
+    }
+    out.clear();
+    assert_eq!(p.pick_whole_piece(web, 0, &mut out).unwrap(), None);
+    // With a higher limit, the piece the peer has and did not start.
+    let piece = p.pick_whole_piece(web, u32::MAX, &mut out).unwrap().unwrap();
+    assert!(piece < 2 && piece != started);
+    assert_eq!(p.pick_whole_piece(web, u32::MAX, &mut out).unwrap(), None);
+    p.check_invariants();
+}

@@ -56,6 +56,7 @@ use crate::hash::{HashPool, SubmitError};
 use crate::memory_budget::ShardMemory;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::mse::{Cipher, EncryptionPolicy};
+use crate::net::dht::DhtHandle;
 use crate::net::mse_io::{self, PeerCipher};
 use crate::net::peer_io::{self, IncomingStream, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
@@ -213,6 +214,8 @@ pub struct ShardContext {
     pub process_half_open: Arc<AtomicUsize>,
     /// The I/O driver this shard runs.
     pub driver: IoDriver,
+    /// The DHT once started (peers' `PORT` messages feed it).
+    pub dht: Arc<std::sync::OnceLock<DhtHandle>>,
     /// Opens uTP connections (`None`: uTP is off).
     pub utp: Option<UtpConnector>,
 }
@@ -255,6 +258,8 @@ pub struct ShardShared {
     pub rate_limits: Arc<ProcessRateLimits>,
     /// This shard's byte budgets.
     pub memory: ShardMemory,
+    /// The DHT once started.
+    pub dht: Arc<std::sync::OnceLock<DhtHandle>>,
     /// Outgoing connects in flight in the whole process.
     pub process_half_open: Arc<AtomicUsize>,
     pub driver: IoDriver,
@@ -293,6 +298,7 @@ impl ShardContext {
             trackers,
             rate_limits,
             memory,
+            dht,
             process_half_open,
             driver,
             utp,
@@ -317,6 +323,7 @@ impl ShardContext {
             half_open: Cell::new(0),
             process_half_open,
             driver,
+            dht,
             utp,
         })
     }
@@ -990,6 +997,13 @@ impl TorrentTask {
                 Action::FetchWebSeed { seed, fetch } => {
                     let task = self.clone();
                     super::driver::spawn(async move { task.fetch_web_seed(seed, fetch).await });
+                }
+                Action::DhtNode(node) => {
+                    // Bounded: one PORT per connection, and the DHT's
+                    // command queue drops what it cannot take.
+                    if let Some(dht) = self.ctx.dht.get() {
+                        let _ = dht.add_node(node);
+                    }
                 }
                 Action::WebSeedDisabled { url, reason } => {
                     tracing::warn!(info_hash = %self.info_hash, %url, %reason, "web seed disabled");

@@ -116,6 +116,9 @@ pub struct ShardInit {
     pub rate_limits: Arc<ProcessRateLimits>,
     /// This shard's byte budgets (piece buffers, outgoing bytes).
     pub memory: crate::memory_budget::ShardMemory,
+    /// The DHT, once the session started it (after the shards): peers'
+    /// `PORT` messages go to it.
+    pub dht: Arc<std::sync::OnceLock<crate::net::dht::DhtHandle>>,
     /// Opens uTP connections (`None`: uTP is off).
     pub utp: Option<crate::net::udp::UtpConnector>,
 }
@@ -307,6 +310,7 @@ fn shard_thread(
             trackers: init.trackers,
             rate_limits: init.rate_limits,
             memory: init.memory,
+            dht: init.dht,
             process_half_open: signals.half_open,
             driver: io_driver,
             utp: init.utp,
@@ -486,6 +490,7 @@ mod tests {
                 peers: None,
                 rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
                 memory: crate::memory_budget::ShardMemory::unlimited(),
+                dht: Arc::default(),
                 utp: None,
             })
             .collect();
@@ -514,6 +519,7 @@ mod tests {
             peers: None,
             rate_limits: Arc::new(ProcessRateLimits::unlimited(std::time::Instant::now())),
             memory: crate::memory_budget::ShardMemory::unlimited(),
+            dht: Arc::default(),
             utp: None,
         };
         let mut set = ShardSet::start(vec![init], false).unwrap();

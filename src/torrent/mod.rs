@@ -194,6 +194,9 @@ pub struct TorrentConfig {
     /// Below this many peers unchoking us, web seeds fetch any piece;
     /// otherwise only pieces no connected peer has (see [`webseed`]).
     pub web_seed_peer_threshold: usize,
+    /// Our DHT node's UDP port when the DHT runs for this torrent (never for
+    /// a private one): peers learn it by `PORT`, theirs feed our table.
+    pub dht_port: Option<u16>,
 }
 
 impl Default for TorrentConfig {
@@ -211,6 +214,7 @@ impl Default for TorrentConfig {
             choke_interval_ms: ChokerConfig::default().rechoke_interval_ms,
             optimistic_unchoke_interval_ms: ChokerConfig::default().optimistic_interval_ms,
             web_seed_peer_threshold: crate::webseed::WEB_SEED_PEER_THRESHOLD_DEFAULT,
+            dht_port: None,
         }
     }
 }
@@ -236,6 +240,8 @@ pub enum Action {
     FetchWebSeed { seed: usize, fetch: Box<crate::webseed::PieceFetch> },
     /// A web seed was disabled for the rest of the run (log the reason).
     WebSeedDisabled { url: String, reason: String },
+    /// A peer's `PORT` message (BEP 5): a DHT node to ping at this address.
+    DhtNode(SocketAddr),
 }
 
 /// Why the core refused a call.
@@ -630,6 +636,7 @@ impl TorrentCore {
             listen_port: self.params.listen_port,
             peer_ip: Some(addr.ip()),
             metadata_size: self.params.metadata_size,
+            dht_port: self.config.dht_port,
         }
     }
 
@@ -902,6 +909,7 @@ impl TorrentCore {
                 let c = &mut self.conns[conn];
                 c.joined = true;
                 c.peer.send_bitfield(&self.have, now);
+                c.peer.send_dht_port(now);
                 if c.peer.supports_fast() && self.config.allowed_fast_set_size > 0 {
                     let k = self.config.allowed_fast_set_size.min(MAX_ALLOWED_FAST as u32);
                     c.fast_set =
@@ -948,6 +956,12 @@ impl TorrentCore {
                 let _ = self.picker.set_snubbed(key, true);
             }
             Event::Interested | Event::NotInterested => self.choke_policy(conn, now),
+            Event::DhtPort(port) => {
+                if self.config.dht_port.is_some() {
+                    let node = SocketAddr::new(c.addr.ip(), port);
+                    self.push(Action::DhtNode(node));
+                }
+            }
             Event::Choked
             | Event::Unchoked
             | Event::AllowedFast(_)

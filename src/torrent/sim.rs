@@ -324,7 +324,7 @@ impl Swarm {
                     }
                 }
                 Action::Completed | Action::Peers(_) | Action::WebSeedDisabled { .. } => {}
-                Action::FetchWebSeed { .. } => {}
+                Action::FetchWebSeed { .. } | Action::DhtNode(_) => {}
             }
         }
     }

@@ -290,3 +290,173 @@ impl TorrentCore {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitfield::Bitfield;
+    use crate::metainfo::{FileEntry, Info, InfoHash};
+    use crate::torrent::{TorrentConfig, TorrentParams};
+    use crate::webseed::{
+        Head, MAX_WEB_SEED_BAD_PIECES, WEB_SEED_PIECES_IN_FLIGHT, WEB_SEED_RETRY_MIN,
+    };
+
+    const PIECE_LEN: u32 = 32 * 1024;
+    const PIECES: u32 = 5;
+    /// The last piece is short.
+    const TOTAL: u64 = PIECE_LEN as u64 * 4 + 1000;
+
+    fn core_with_seed() -> TorrentCore {
+        let params =
+            TorrentParams { total_length: TOTAL, ..TorrentParams::for_tests(PIECE_LEN, PIECES) };
+        let info = Info {
+            name: "f".into(),
+            piece_length: PIECE_LEN,
+            pieces: vec![[0; 20]; PIECES as usize],
+            files: vec![FileEntry { path: vec!["f".into()], length: TOTAL, offset: 0, pad: false }],
+            total_length: TOTAL,
+            private: false,
+            multi_file: false,
+            source: None,
+        };
+        let metainfo = Metainfo {
+            info_hash: InfoHash([3; 20]),
+            info,
+            info_bytes: Vec::new(),
+            announce: None,
+            announce_list: Vec::new(),
+            url_list: vec!["http://127.0.0.1:1/f".into(), "gopher://x/".into()],
+            creation_date: None,
+            comment: None,
+            created_by: None,
+        };
+        let none = Bitfield::new(PIECES);
+        let all = Bitfield::full(PIECES);
+        let mut core = TorrentCore::new(params, TorrentConfig::default(), none, &all).unwrap();
+        let refused = core.add_web_seeds(Arc::new(metainfo));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        core
+    }
+
+    fn fetches(core: &mut TorrentCore) -> (Vec<PieceFetch>, Vec<Action>) {
+        let mut fetches = Vec::new();
+        let mut other = Vec::new();
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::FetchWebSeed { seed, fetch } => {
+                    assert_eq!(seed, 0);
+                    fetches.push(*fetch);
+                }
+                a => other.push(a),
+            }
+        }
+        (fetches, other)
+    }
+
+    /// Plays an HTTP server that serves `byte` for every position.
+    fn serve(fetch: &mut PieceFetch, byte: u8) {
+        while let Some(current) = fetch.current() {
+            let r = current.request;
+            let cr = format!("bytes {}-{}/{TOTAL}", r.file_offset, r.last());
+            assert_eq!(fetch.on_head(206, None, Some(&cr), Some(u64::from(r.len))), Ok(Head::Body));
+            fetch.on_body(&vec![byte; r.len as usize]).unwrap();
+            fetch.end_body().unwrap();
+        }
+    }
+
+    /// Goal: a web seed alone downloads the torrent through the peers' path.
+    #[test]
+    fn the_only_source_fetches_every_piece_through_hash_and_write() {
+        let t0 = Instant::now();
+        let mut core = core_with_seed();
+        core.tick(t0);
+        let (mut pending, _) = fetches(&mut core);
+        assert_eq!(pending.len(), WEB_SEED_PIECES_IN_FLIGHT);
+        let mut written = 0;
+        let mut completed = false;
+        for round in 0..20 {
+            let Some(mut fetch) = pending.pop() else { break };
+            serve(&mut fetch, 7);
+            core.web_seed_fetched(0, fetch, None, t0);
+            let (more, actions) = fetches(&mut core);
+            pending.extend(more);
+            for action in actions {
+                let Action::HashPiece { piece, data, .. } = action else { panic!("{action:?}") };
+                assert!(data.iter().all(|&b| b == 7), "round {round}");
+                assert_eq!(data.len(), core.picker.piece_size(piece) as usize);
+                core.piece_hashed(piece, true, data);
+                let Some(Action::WritePiece { piece, data }) = core.poll_action() else { panic!() };
+                core.piece_written(piece, true, data, t0);
+                written += 1;
+            }
+            while let Some(action) = core.poll_action() {
+                completed |= action == Action::Completed;
+            }
+        }
+        assert_eq!(written, PIECES);
+        assert!(completed && core.is_finished());
+        let status = core.web_seed_status(t0);
+        assert_eq!(status[0].downloaded_bytes, TOTAL);
+        core.picker.check_invariants();
+    }
+
+    /// Goal: bad data disables the web seed after the allowed failures; a
+    /// failed request backs off and gives the piece back.
+    #[test]
+    fn bad_pieces_disable_and_http_errors_back_off() {
+        let t0 = Instant::now();
+        let mut core = core_with_seed();
+        core.tick(t0);
+        let (mut pending, _) = fetches(&mut core);
+        // An HTTP error: the piece goes back, the seed waits.
+        let failed = pending.pop().unwrap();
+        let failed_piece = failed.piece();
+        core.web_seed_fetched(0, failed, Some(WebSeedError::Status(503)), t0);
+        assert!(fetches(&mut core).0.is_empty(), "retried at once");
+        assert_eq!(core.web_seed_status(t0)[0].state, "backing off");
+        let t1 = t0 + WEB_SEED_RETRY_MIN;
+        let mut disabled = None;
+        let mut bad = 0;
+        core.tick(t1);
+        pending.extend(fetches(&mut core).0);
+        // After a failure, one piece at a time until one succeeds: the other
+        // fetch is still in flight, so none starts.
+        assert_eq!(pending.len(), 1);
+        assert_ne!(pending[0].piece(), failed_piece);
+        for _ in 0..20 {
+            let Some(mut fetch) = pending.pop() else { break };
+            serve(&mut fetch, 0xee);
+            core.web_seed_fetched(0, fetch, None, t1);
+            let (more, actions) = fetches(&mut core);
+            pending.extend(more);
+            for action in actions {
+                match action {
+                    Action::HashPiece { piece, data, .. } => {
+                        bad += 1;
+                        core.piece_hashed(piece, false, data);
+                    }
+                    Action::WebSeedDisabled { reason, .. } => disabled = Some(reason),
+                    a => panic!("{a:?}"),
+                }
+            }
+            while let Some(action) = core.poll_action() {
+                match action {
+                    Action::WebSeedDisabled { reason, .. } => disabled = Some(reason),
+                    Action::FetchWebSeed { fetch, .. } => pending.push(*fetch),
+                    a => panic!("{a:?}"),
+                }
+            }
+        }
+        let reason = disabled.expect("never disabled");
+        assert!(reason.contains("failed their hash"), "{reason}");
+        // Pieces already in flight when it was disabled still arrive.
+        let most = MAX_WEB_SEED_BAD_PIECES + WEB_SEED_PIECES_IN_FLIGHT as u32;
+        assert!((MAX_WEB_SEED_BAD_PIECES..=most).contains(&bad), "{bad}");
+        assert_eq!(core.web_seed_status(t1)[0].state, "disabled");
+        core.tick(t1 + WEB_SEED_RETRY_MIN * 100);
+        assert!(fetches(&mut core).0.is_empty());
+        // Nothing stays reserved: the pieces are free for peers.
+        assert_eq!(core.picker.have_count(), 0);
+        core.picker.check_invariants();
+    }
+}

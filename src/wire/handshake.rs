@@ -72,8 +72,16 @@ pub struct Reserved(pub [u8; 8]);
 
 impl Reserved {
     /// What we send: the fast extension (BEP 6) and the extension protocol
-    /// (BEP 10). Not the DHT bit: we run no DHT node.
+    /// (BEP 10); the DHT bit is added by [`Reserved::with_dht`] when our DHT
+    /// node runs for the torrent.
     pub const OURS: Reserved = Reserved([0, 0, 0, 0, 0, 0x10, 0, 0x04]);
+
+    /// These bits with the DHT bit (BEP 5) set.
+    pub const fn with_dht(self) -> Reserved {
+        let mut b = self.0;
+        b[7] |= 0x01;
+        Reserved(b)
+    }
 
     /// BEP 10 extension protocol: bit 0x10 of byte 5.
     pub fn extensions(&self) -> bool {

@@ -10,6 +10,7 @@ mod helpers;
 mod api_security;
 mod daemon;
 mod dht;
+mod dht_port;
 mod download;
 mod drivers;
 mod durability;

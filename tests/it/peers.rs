@@ -541,7 +541,7 @@ fn lt_settings(cmd: &mut Command, settings: &[&str]) {
     }
 }
 
-fn lt_extra() -> Command {
+pub fn lt_extra() -> Command {
     // lt_tool() checks that Debian's python can import libtorrent.
     drop(helpers::lt_tool());
     let mut cmd = Command::new(helpers::require_tool("python3"));

@@ -1,12 +1,13 @@
-//! Peer exchange (issue 12, BEP 11): a PEX flood of 10,000 addresses is held
-//! to its bounds while the download completes.
+//! Peer exchange (issue 12, BEP 11): ringbit learns a seeder only through a
+//! libtorrent peer's PEX; a PEX flood of 10,000 addresses is held to its
+//! bounds while the download completes.
 //!
 //! Every ringbit gets `--no-trackers` and its own `--state-dir`; every wait is
 //! bounded; only 127.0.0.0/8 addresses are used (the flood's addresses are
 //! loopback ones on port 1, where nothing listens).
 
 use crate::helpers::{self, ChildGuard};
-use crate::peers::{Payload, PeerKind, Seeder};
+use crate::peers::{lt_extra, Payload, PeerKind, Seeder};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -171,4 +172,49 @@ fn pex_flood_of_ten_thousand_addresses_keeps_bounds() {
     assert_eq!(field("count"), 100, "{line}");
     assert!(field("ignored") >= 9_900, "{line}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+/// Goal: ringbit learns a second seeder only through PEX from a libtorrent
+/// peer, and gets the data from it.
+/// Setup: libtorrent seeder B; libtorrent leecher A dials B (`--peer`) with
+/// a torrent download limit of 20 KB/s, so it stays a leecher connected to B
+/// and cannot itself supply the payload; ringbit knows only A (`--peer`),
+/// no trackers, no DHT.
+/// Check: ringbit logs peers learned from PEX and completes 4 MiB
+/// byte-identical within `DOWNLOAD_LIMIT` (60 s): A could have sent at most
+/// 1.2 MB in that time, so the data came from B, which ringbit could only
+/// have learned from A's `ut_pex`.
+#[test]
+fn ringbit_learns_a_seeder_only_through_libtorrent_pex() {
+    let payload = Payload::single_file("pex-relay.bin", 4 * 1024 * 1024 + 21, PIECE_LOG2);
+    let torrent = payload.torrent(&[]);
+    let seeder = Seeder::start(PeerKind::Libtorrent, &torrent, &payload.save_path, None);
+    let work = tempfile::tempdir().unwrap();
+    let relay_out = work.path().join("relay");
+    std::fs::create_dir_all(&relay_out).unwrap();
+    let relay_port = helpers::free_port();
+    let relay_log = work.path().join("relay.log");
+    let mut cmd = lt_extra();
+    cmd.arg("leech")
+        .arg(&torrent)
+        .arg(&relay_out)
+        .args(["--port", &relay_port.to_string()])
+        .args(["--peer", &seeder.addr().to_string()])
+        .args(["--torrent-download-limit", "20000", "--timeout", "120"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&relay_log).unwrap())
+        .stderr(Stdio::null());
+    let _relay = ChildGuard::spawn("libtorrent relay", &mut cmd);
+    let listening = helpers::wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&relay_log).unwrap_or_default().contains("listening")
+    });
+    assert!(listening, "relay did not start");
+    let relay: SocketAddr = ([127, 0, 0, 1], relay_port).into();
+    let out = work.path().join("out");
+    let (mut dl, log) = ringbit_download(&torrent, &out, work.path(), &[relay]);
+    let text = strip_ansi(&wait_ok(&mut dl, &log));
+    helpers::assert_same_tree(&payload.save_path, &out);
+    assert!(text.contains("peers learned from PEX"), "{text}");
+    let relay_text = std::fs::read_to_string(&relay_log).unwrap_or_default();
+    assert!(!relay_text.contains("\"done\""), "the relay completed: {relay_text}");
 }

@@ -64,6 +64,7 @@ fn make_torrent(seed: u64) -> Torrent {
         listen_port: None,
         peer_ip: None,
         metadata_size: None,
+        dht_port: None,
     };
     Torrent { dir, data, torrent, setup }
 }

@@ -209,6 +209,10 @@ def cmd_leech(a):
     ses = session(a.port)
     apply_settings(ses, a)
     h = add(ses, a)
+    if a.torrent_download_limit:
+        # A torrent limit binds loopback peers too (session limits do not:
+        # libtorrent puts local peers in an unlimited peer class).
+        h.set_download_limit(a.torrent_download_limit)
     emit({"event": "listening", "port": ses.listen_port()})
     start = time.monotonic()
     deadline = start + a.timeout
@@ -239,6 +243,9 @@ def main():
             # More torrents seeded by the same session (scripts/bench-cold-seed.py);
             # their data is in the same save_path. Commands act on the first.
             s.add_argument("--also", action="append", default=[], metavar="TORRENT")
+        else:
+            s.add_argument("--torrent-download-limit", type=int, default=0,
+                           metavar="BYTES_PER_S")
     a = ap.parse_args()
     sys.exit({"seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0)
 
