@@ -11,7 +11,8 @@
 //! * **Pure core** (no sockets, files, clock or runtime; bytes and `now` in,
 //!   actions out): [`bencode`], [`metainfo`], [`magnet`], [`bitfield`],
 //!   [`layout`], [`wire`], [`mse`], [`peer`], [`picker`], [`choker`], [`torrent`],
-//!   [`metadata`], [`pex`], [`rate_limit`], [`tracker`], [`resume`], [`utp`].
+//!   [`metadata`], [`pex`], [`rate_limit`], [`tracker`], [`resume`], [`utp`],
+//!   [`webseed`].
 //! * **CPU work**: [`hash`] (batch SHA1 over every core).
 //! * **Drivers** (the only code that touches io_uring, fds, mmap or the clock):
 //!   [`storage`], [`net`], [`shard`], [`session`].
@@ -48,4 +49,5 @@ pub mod storage;
 pub mod torrent;
 pub mod tracker;
 pub mod utp;
+pub mod webseed;
 pub mod wire;

@@ -703,6 +703,54 @@ impl Picker {
         Ok(out.len() - start)
     }
 
+    /// Reserves every block of one whole new piece for `peer` (a web seed,
+    /// BEP 19: it fetches whole pieces) and appends them to `out`. Only a
+    /// wanted, missing piece nobody has started qualifies, and only one whose
+    /// availability among connected peers is at most `max_availability`
+    /// (0: pieces no connected peer has); rarest first, random among equals.
+    /// The peer's piece set is not consulted (a web seed has every piece).
+    /// Returns the piece, or `None` when none qualifies.
+    pub fn pick_whole_piece(
+        &mut self,
+        peer: PeerKey,
+        max_availability: u32,
+        out: &mut Vec<BlockRequest>,
+    ) -> Result<Option<u32>, PickerError> {
+        let slot = self.slot(peer)?;
+        let buckets = self.bucket_start.len() - 1;
+        // Bucket `key` holds the pieces with `avail == key - 1`; seeds (have-
+        // all peers) add to every piece's availability.
+        let seeds = u32::from(self.seeds);
+        if seeds > max_availability {
+            return Ok(None);
+        }
+        let last_key =
+            (max_availability - seeds).saturating_add(1).min(buckets as u32 - 1) as usize;
+        for key in 1..=last_key {
+            let s = self.bucket_start[key] as usize;
+            let e = self.bucket_start[key + 1] as usize;
+            if s == e {
+                continue;
+            }
+            let len = e - s;
+            let offset = self.rng.gen_range(0..len);
+            for i in 0..len {
+                let piece = self.order[s + (offset + i) % len];
+                if self.pieces[piece as usize].partial != NONE {
+                    continue;
+                }
+                // Not bounded by `max_requests_per_peer`: a web seed's
+                // reservations are its pieces in flight, whole (the caller
+                // bounds those).
+                let blocks = self.blocks_in_piece(piece) as usize;
+                let pidx = self.start_partial(piece);
+                self.take_blocks(slot, pidx, blocks, false, out);
+                return Ok(Some(piece));
+            }
+        }
+        Ok(None)
+    }
+
     fn pick_endgame(
         &mut self,
         slot: u16,

@@ -30,11 +30,11 @@ pub struct Args {
     /// Hashing threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How to read the data: `pread` (default: a file truncated or a disk
-    /// failing during the check is reported per piece) or `mmap` (hashes in
-    /// place, but a file truncated while checked kills the process with
-    /// SIGBUS: only for data nothing else touches).
-    #[arg(long, default_value = "pread")]
+    /// How to read the data: `mmap` (default: hashes in place from the page
+    /// cache; a file truncated or a disk failing during the check is caught
+    /// by a SIGBUS guard and that piece is reread with pread) or `pread`
+    /// (copies every byte out first: more CPU, same answers).
+    #[arg(long, default_value = "mmap")]
     pub read: ReadMethod,
 }
 

@@ -58,11 +58,13 @@ use crate::mse::{Cipher, EncryptionPolicy};
 use crate::net::mse_io::{self, PeerCipher};
 use crate::net::peer_io::{self, PeerStream};
 use crate::net::trackers::{TorrentCounters, TorrentEvent, TrackerHandle};
+use crate::net::webseed_http::{self, Tokens};
 use crate::peer_book::{PeerBook, PeerBookConfig};
 use crate::rate_limit::ProcessRateLimits;
 use crate::resume::Durability;
 use crate::storage::{PieceStore, StoreOptions};
 use crate::torrent::{Action, ConnId, TorrentConfig, TorrentCore, TorrentParams};
+use crate::webseed::PieceFetch;
 use crate::wire::{Handshake, PeerId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -109,6 +111,8 @@ pub struct TorrentStatus {
     /// What flushes made durable (what resume state may claim) and which
     /// pieces a failed flush made suspect; updated at each flush only.
     pub durability: Mutex<Durability>,
+    /// The torrent's web seeds (BEP 19), refreshed by the ticker.
+    pub web_seeds: Mutex<Vec<crate::webseed::WebSeedStatus>>,
 }
 
 impl TorrentStatus {
@@ -126,6 +130,7 @@ impl TorrentStatus {
             error: Mutex::new(None),
             have: Mutex::new(have.clone()),
             durability: Mutex::new(Durability::new(have)),
+            web_seeds: Mutex::new(Vec::new()),
         })
     }
 
@@ -329,6 +334,9 @@ impl TorrentTask {
         }
         core.set_process_limits(ctx.rate_limits.clone());
         core.serve_metadata(torrent.metainfo.clone());
+        for (url, error) in core.add_web_seeds(torrent.metainfo.clone()) {
+            tracing::warn!(info_hash = %torrent.metainfo.info_hash, %url, %error, "web seed not used");
+        }
         let book = PeerBook::new(PeerBookConfig {
             max_entries: ctx.config.max_known_peers_per_torrent,
             ..PeerBookConfig::default()
@@ -460,6 +468,10 @@ impl TorrentTask {
         self.status.peers.store(core.connection_count(), Ordering::Relaxed);
         self.status.download_rate.store(down, Ordering::Relaxed);
         self.status.upload_rate.store(up, Ordering::Relaxed);
+        let web_seeds = core.web_seed_status(Instant::now());
+        if !web_seeds.is_empty() {
+            *self.status.web_seeds.lock().unwrap_or_else(|e| e.into_inner()) = web_seeds;
+        }
     }
 
     async fn run_ticker(self: Rc<Self>) {
@@ -840,6 +852,13 @@ impl TorrentTask {
                     tracing::info!(count = peers.len(), learned, ignored, "peers learned from PEX");
                     self.add_peers(&peers);
                 }
+                Action::FetchWebSeed { seed, fetch } => {
+                    let task = self.clone();
+                    super::driver::spawn(async move { task.fetch_web_seed(seed, fetch).await });
+                }
+                Action::WebSeedDisabled { url, reason } => {
+                    tracing::warn!(info_hash = %self.info_hash, %url, %reason, "web seed disabled");
+                }
                 Action::Completed => {
                     if self.status.completed.swap(true, Ordering::AcqRel) {
                         continue;
@@ -887,6 +906,29 @@ impl TorrentTask {
                 });
             }
         }
+    }
+
+    /// Runs one web seed fetch (HTTP on this shard's runtime, rate limited
+    /// by the core's buckets) and hands the piece back to the core.
+    async fn fetch_web_seed(self: Rc<Self>, seed: usize, mut fetch: Box<PieceFetch>) {
+        let result = webseed_http::fetch_piece(&mut fetch, |bytes| {
+            if self.stopped.get() {
+                return Tokens::Stop;
+            }
+            match self.core.borrow_mut().web_seed_take_download(Instant::now(), bytes) {
+                None => Tokens::Granted,
+                Some(wait) => Tokens::Wait(wait),
+            }
+        })
+        .await;
+        if self.stopped.get() {
+            return;
+        }
+        if let Err(error) = &result {
+            tracing::debug!(seed, piece = fetch.piece(), %error, "web seed fetch failed");
+        }
+        self.core.borrow_mut().web_seed_fetched(seed, *fetch, result.err(), Instant::now());
+        self.drain_actions();
     }
 
     async fn write_piece(self: Rc<Self>, piece: u32, data: Vec<u8>) {

@@ -38,6 +38,7 @@ pub mod partfile;
 mod pool;
 mod pwrite;
 pub mod resume;
+pub mod sigbus;
 mod uring;
 
 use crate::bitfield::Bitfield;

@@ -186,6 +186,9 @@ pub struct TorrentConfig {
     pub choke_interval_ms: u64,
     /// Rotate the optimistic unchoke this often.
     pub optimistic_unchoke_interval_ms: u64,
+    /// Below this many peers unchoking us, web seeds fetch any piece;
+    /// otherwise only pieces no connected peer has (see [`webseed`]).
+    pub web_seed_peer_threshold: usize,
 }
 
 impl Default for TorrentConfig {
@@ -202,6 +205,7 @@ impl Default for TorrentConfig {
             ban_duration: DEFAULT_BAN_DURATION,
             choke_interval_ms: ChokerConfig::default().rechoke_interval_ms,
             optimistic_unchoke_interval_ms: ChokerConfig::default().optimistic_interval_ms,
+            web_seed_peer_threshold: crate::webseed::WEB_SEED_PEER_THRESHOLD_DEFAULT,
         }
     }
 }
@@ -222,6 +226,11 @@ pub enum Action {
     Peers(Vec<SocketAddr>),
     /// Every wanted piece is verified and written.
     Completed,
+    /// Fetch a whole piece from web seed `seed` (BEP 19) over HTTP and call
+    /// [`TorrentCore::web_seed_fetched`] (see [`webseed`]).
+    FetchWebSeed { seed: usize, fetch: Box<crate::webseed::PieceFetch> },
+    /// A web seed was disabled for the rest of the run (log the reason).
+    WebSeedDisabled { url: String, reason: String },
 }
 
 /// Why the core refused a call.
@@ -422,6 +431,8 @@ pub struct TorrentCore {
     scratch_metadata: Vec<u8>,
     /// Addresses peers told us of (PEX), bounded.
     pex_inbox: PexInbox,
+    /// Web seeds (BEP 19), see [`webseed`].
+    web: webseed::WebSeeds,
 }
 
 impl TorrentCore {
@@ -483,6 +494,7 @@ impl TorrentCore {
             metadata: None,
             scratch_metadata: Vec::new(),
             pex_inbox: PexInbox::default(),
+            web: webseed::WebSeeds::default(),
         };
         core.check_completed();
         Ok(core)
@@ -807,6 +819,7 @@ impl TorrentCore {
             self.rechoke(now);
         }
         self.send_pex(now);
+        self.web_seed_tick(now);
     }
 
     fn process_events(&mut self, conn: ConnId, buf: &[u8], now: Instant) {
@@ -1098,6 +1111,9 @@ impl TorrentCore {
             *owner = None;
         }
         for key in contributors {
+            if self.web_seed_blamed(key, piece) {
+                continue;
+            }
             let Some(&conn) = self.keys.get(&key) else { continue };
             let addr = self.conns[conn].addr;
             let strikes = {
@@ -1484,6 +1500,7 @@ pub mod bans;
 mod limit_tests;
 #[cfg(test)]
 mod sim;
+pub mod webseed;
 
 #[cfg(test)]
 impl TorrentParams {

@@ -323,7 +323,8 @@ impl Swarm {
                         }
                     }
                 }
-                Action::Completed | Action::Peers(_) => {}
+                Action::Completed | Action::Peers(_) | Action::WebSeedDisabled { .. } => {}
+                Action::FetchWebSeed { .. } => {}
             }
         }
     }

@@ -25,4 +25,5 @@ mod seeding;
 mod storage;
 mod syscalls;
 mod trackers;
+mod webseed;
 mod wire;
