@@ -55,6 +55,8 @@ pub const ADD_BODY_MAX_BYTES: usize = crate::metainfo::METAINFO_FILE_MAX_BYTES a
 pub const ADD_TORRENTS_MAX: usize = 1000;
 /// Largest text field of a `torrents/add` form.
 const ADD_TEXT_FIELD_MAX_BYTES: usize = 64 * 1024;
+/// Granularity of `seeding_time` in torrent rows (see [`torrent_row`]).
+const SEEDING_TIME_STEP_SECS: u64 = 60;
 /// qBittorrent's "infinite" ETA (100 days).
 const ETA_INFINITE_SECS: u64 = 8_640_000;
 
@@ -135,6 +137,8 @@ pub fn router(daemon: Arc<Daemon>, guard: Arc<Guard>) -> Router {
         .route("/api/v2/torrents/removeTags", post(remove_tags))
         .route("/api/v2/torrents/setShareLimits", post(set_share_limits))
         .route("/api/v2/torrents/setForceStart", post(set_force_start))
+        .route("/api/v2/torrents/setSuperSeeding", post(set_super_seeding))
+        .route("/api/v2/sync/torrentPeers", get(torrent_peers).post(torrent_peers))
         .route("/api/v2/torrents/setUploadLimit", post(set_upload_limit))
         .route("/api/v2/torrents/setDownloadLimit", post(set_download_limit))
         .route("/api/v2/torrents/uploadLimit", post(upload_limit))
@@ -480,6 +484,11 @@ pub fn torrent_row(view: &TorrentView, context: &RowContext) -> Fields {
     let completed_at =
         if view.totals.completed_at > 0 { view.totals.completed_at as i64 } else { -1 };
     let tags: Vec<&str> = labels.tags.iter().map(String::as_str).collect();
+    // Whole minutes (share limits count minutes): a second-by-second value
+    // would put every seeding torrent in every incremental `sync/maindata`
+    // (800 KB a poll at 10,000 torrents); this way an idle one changes once a
+    // minute.
+    let seeding_time = view.totals.seeding_secs / SEEDING_TIME_STEP_SECS * SEEDING_TIME_STEP_SECS;
     vec![
         ("hash", json!(view.info_hash)),
         ("infohash_v1", json!(view.info_hash)),
@@ -512,8 +521,8 @@ pub fn torrent_row(view: &TorrentView, context: &RowContext) -> Fields {
         ("uploaded_session", json!(view.uploaded)),
         ("dl_limit", json!(limit(view.download_rate_limit))),
         ("up_limit", json!(limit(view.upload_rate_limit))),
-        ("seeding_time", json!(view.totals.seeding_secs)),
-        ("time_active", json!(view.totals.seeding_secs)),
+        ("seeding_time", json!(seeding_time)),
+        ("time_active", json!(seeding_time)),
         ("last_activity", json!(0)),
         ("seen_complete", json!(completed_at)),
         ("max_ratio", json!(max_ratio.unwrap_or(-1.0))),
@@ -1079,6 +1088,30 @@ async fn set_force_start(
     }
 }
 
+/// `setSuperSeeding`: `value=false` is what every torrent is (nothing
+/// changes); `true` is refused, ringbit has no super seeding. Flood sends
+/// `false` after each add.
+async fn set_super_seeding(
+    State(daemon): State<Arc<Daemon>>,
+    p: Params,
+) -> Result<Response, ApiError> {
+    if p.get("value").is_some_and(|v| flag(v)) {
+        return Err(bad("super seeding is not supported".into()));
+    }
+    blocking(move || targets(&daemon, &p).map(|_| ())).await?;
+    Ok(text(""))
+}
+
+/// `sync/torrentPeers`: the torrent must exist (404 otherwise); its peers
+/// are not listed (always a full, empty answer).
+async fn torrent_peers(
+    State(daemon): State<Arc<Daemon>>,
+    p: Params,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || one_view(&daemon, &p)).await?;
+    Ok(Json(json!({"rid": 1, "full_update": true, "show_flags": true, "peers": {}})))
+}
+
 /// A rate limit parameter: bytes per second, 0 or less = none.
 fn rate_limit(p: &Params, key: &str) -> Result<u64, ApiError> {
     Ok(p.number::<i64>(key)?.ok_or_else(|| bad(format!("{key} is required")))?.max(0) as u64)
@@ -1149,14 +1182,13 @@ pub enum ContentLayout {
 }
 
 impl ContentLayout {
-    pub fn parse(text: &str) -> Result<ContentLayout, String> {
+    /// qBittorrent's reading: `Subfolder` and `NoSubfolder` by name,
+    /// anything else `Original` (Flood sends `contentLayout=undefined`).
+    pub fn parse(text: &str) -> ContentLayout {
         match text {
-            "" | "Original" => Ok(ContentLayout::Original),
-            "Subfolder" => Ok(ContentLayout::Subfolder),
-            "NoSubfolder" => Ok(ContentLayout::NoSubfolder),
-            other => {
-                Err(format!("contentLayout {other:?} is not Original, Subfolder or NoSubfolder"))
-            }
+            "Subfolder" => ContentLayout::Subfolder,
+            "NoSubfolder" => ContentLayout::NoSubfolder,
+            _ => ContentLayout::Original,
         }
     }
 
@@ -1284,8 +1316,7 @@ async fn add(State(daemon): State<Arc<Daemon>>, request: Request) -> Result<Resp
     share::check_seeding_time_limit(mins).map_err(bad)?;
     let up = p.number::<i64>("upLimit")?.unwrap_or(0).max(0) as u64;
     let down = p.number::<i64>("dlLimit")?.unwrap_or(0).max(0) as u64;
-    let layout =
-        ContentLayout::parse(p.get("contentLayout").map_or("", String::as_str)).map_err(bad)?;
+    let layout = ContentLayout::parse(p.get("contentLayout").map_or("", String::as_str));
     let save_path = p.get("savepath").filter(|s| !s.is_empty()).map(PathBuf::from);
     let extra = AddExtra {
         labels: Labels {
@@ -1384,7 +1415,8 @@ mod tests {
         assert_eq!(url_item(&h).unwrap(), format!("magnet:?xt=urn:btih:{h}").into_bytes());
         assert!(url_item("https://example.org/x.torrent").unwrap_err().contains("not fetched"));
         assert!(url_item("ftp://x").is_err() && url_item("").is_err());
-        assert!(ContentLayout::parse("Sideways").is_err());
+        assert_eq!(ContentLayout::parse("undefined"), ContentLayout::Original);
+        assert_eq!(ContentLayout::parse("Subfolder"), ContentLayout::Subfolder);
         let single = crate::metainfo::Metainfo::from_bytes(
             format!(
                 "d4:infod6:lengthi5e4:name9:movie.mkv12:piece lengthi16384e6:pieces20:{}ee",
