@@ -364,17 +364,10 @@ impl Session {
             torrent_config,
             status: status.clone(),
         };
-        let (reply, answer) = oneshot::channel();
-        let shard = self.shards.shard_of(&info_hash);
-        self.shards.send_blocking(shard, ShardCommand::AddTorrent(Box::new(spec), reply))?;
-        match answer.blocking_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(SessionError::Torrent { info_hash, reason }),
-            Err(_) => return Err(ShardError::Stopped { index: shard }.into()),
-        }
+        self.start_on_shard(info_hash, |reply| ShardCommand::AddTorrent(Box::new(spec), reply))?;
         if let Some(trackers) = &self.trackers {
             if !tiers.is_empty() {
-                self.announce(trackers, info_hash, tiers, &status)?;
+                self.announce(trackers, info_hash, tiers, &status.counters)?;
             }
         }
         match (&self.dht, use_dht) {
@@ -418,31 +411,10 @@ impl Session {
             peers,
             status: status.clone(),
         };
-        let (reply, answer) = oneshot::channel();
-        let shard = self.shards.shard_of(&info_hash);
-        self.shards.send_blocking(shard, ShardCommand::FetchMetadata(Box::new(spec), reply))?;
-        match answer.blocking_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(SessionError::Torrent { info_hash, reason }),
-            Err(_) => return Err(ShardError::Stopped { index: shard }.into()),
-        }
+        self.start_on_shard(info_hash, |reply| ShardCommand::FetchMetadata(Box::new(spec), reply))?;
         if let Some(handle) = &self.trackers {
             if !trackers.is_empty() {
-                let deadline = std::time::Instant::now() + TRACKER_BUSY_WAIT;
-                loop {
-                    let result = handle.add_torrent(
-                        info_hash,
-                        trackers.clone(),
-                        self.listen_port(),
-                        status.counters.clone(),
-                    );
-                    match result {
-                        Err(TrackersError::Busy) if std::time::Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        other => break other?,
-                    }
-                }
+                self.announce(handle, info_hash, trackers, &status.counters)?;
                 self.fetch_counters
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -477,6 +449,23 @@ impl Session {
         }
     }
 
+    /// Sends the command that starts a torrent (or a metadata fetch) to the
+    /// shard that owns `info_hash` and waits for its answer.
+    fn start_on_shard(
+        &self,
+        info_hash: InfoHash,
+        command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> ShardCommand,
+    ) -> Result<(), SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let shard = self.shards.shard_of(&info_hash);
+        self.shards.send_blocking(shard, command(reply))?;
+        match answer.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(SessionError::Torrent { info_hash, reason }),
+            Err(_) => Err(ShardError::Stopped { index: shard }.into()),
+        }
+    }
+
     /// Hands a torrent to the trackers, waiting while their queue is full (a
     /// daemon adding thousands of torrents at start outruns the tracker
     /// thread), at most [`TRACKER_BUSY_WAIT`].
@@ -485,7 +474,7 @@ impl Session {
         trackers: &TrackerHandle,
         info_hash: InfoHash,
         tiers: Vec<Vec<String>>,
-        status: &TorrentStatus,
+        counters: &Arc<TorrentCounters>,
     ) -> Result<(), SessionError> {
         let deadline = std::time::Instant::now() + TRACKER_BUSY_WAIT;
         loop {
@@ -493,7 +482,7 @@ impl Session {
                 info_hash,
                 tiers.clone(),
                 self.listen_port(),
-                status.counters.clone(),
+                counters.clone(),
             );
             match result {
                 Err(TrackersError::Busy) if std::time::Instant::now() < deadline => {
